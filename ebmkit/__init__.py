@@ -1,0 +1,66 @@
+r"""ebmkit: energy-based models with swappable samplers, initializers and trainers.
+
+The public API: plugins import only what is re-exported here.
+"""
+
+from ebmkit.autograd import energy_and_grad
+from ebmkit.errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetNotFoundError,
+    DivergenceError,
+    EbmkitError,
+    PluginLoadError,
+    UnknownComponentError,
+)
+from ebmkit.hookspecs import hookimpl
+from ebmkit.protocols import Energy, Initializer, Learnable, Sampler, Stateful, Trainer
+from ebmkit.records import ChainState, InitBatch, Round, SampleResult, StepInfo
+from ebmkit.registry import Registry, components, create, get_registry, reset_registry
+from ebmkit.samplers.base import MarkovKernel
+from ebmkit.samplers.moves import (
+    batch_view,
+    clip_gradient,
+    diagonal_gaussian_log_prob,
+    gaussian_noise,
+    metropolis_accept,
+    select_chains,
+    ula_noise_scale,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChainState",
+    "CheckpointError",
+    "ConfigError",
+    "DatasetNotFoundError",
+    "DivergenceError",
+    "EbmkitError",
+    "Energy",
+    "InitBatch",
+    "Initializer",
+    "Learnable",
+    "MarkovKernel",
+    "PluginLoadError",
+    "Registry",
+    "Round",
+    "SampleResult",
+    "Sampler",
+    "Stateful",
+    "StepInfo",
+    "Trainer",
+    "batch_view",
+    "clip_gradient",
+    "components",
+    "create",
+    "diagonal_gaussian_log_prob",
+    "energy_and_grad",
+    "gaussian_noise",
+    "get_registry",
+    "hookimpl",
+    "metropolis_accept",
+    "reset_registry",
+    "select_chains",
+    "ula_noise_scale",
+]

@@ -1,0 +1,536 @@
+"""Toy 2-D datasets with exact samplers and exact normalized log-densities."""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = [
+    "TOY_DATASETS",
+    "Checkerboard",
+    "EightGaussians",
+    "GaussianMixture",
+    "GaussianMixture2D",
+    "Pinwheel",
+    "Rings",
+    "ToyDataset",
+    "TwoMoons",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+# Margin, in standard deviations, that `bounds` leaves around the support of Gaussian parts;
+# a 2-D isotropic Gaussian puts exp(-5**2 / 2) < 4e-6 of its mass beyond 5 std.
+_BOUNDS_STDS = 5.0
+# Bounds are rounded outwards to this step so grids and plots get tidy limits.
+_BOUNDS_STEP = 0.5
+# Most float64 elements one chunk of a quadrature-based density may hold (16 MiB).
+_QUADRATURE_CHUNK_ELEMENTS = 1 << 21
+
+
+def _as_float64(value: object) -> Tensor:
+    """Convert array-like parameters to a CPU float64 tensor (copied, so records stay fixed)."""
+    return torch.as_tensor(value, dtype=torch.float64).detach().clone().cpu()
+
+
+def _require_positive(name: str, value: float) -> float:
+    """Return `value` as a float, or raise ValueError naming `name` unless finite and > 0."""
+    value = float(value)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def _require_count(name: str, value: int, minimum: int) -> int:
+    """Return `value`, or raise ValueError naming `name` unless it is an int >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _round_out(lo: float, hi: float) -> tuple[float, float]:
+    """Round [lo, hi] outwards to multiples of `_BOUNDS_STEP`."""
+    step = _BOUNDS_STEP
+    return math.floor(lo / step) * step, math.ceil(hi / step) * step
+
+
+def _rotate(points: Tensor, angle: Tensor) -> Tensor:
+    """Rotate each row of `points` (n, 2) counter-clockwise by the matching `angle` (n,)."""
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    x, y = points[:, 0], points[:, 1]
+    return torch.stack((cos * x - sin * y, sin * x + cos * y), dim=1)
+
+
+def _gaussian_log_pdf_1d(value: Tensor, mean: Tensor, std: float) -> Tensor:
+    """Log of the 1-D normal density N(value; mean, std**2), broadcasting."""
+    return -0.5 * ((value - mean) / std) ** 2 - math.log(std) - 0.5 * _LOG_2PI
+
+
+@attrs.frozen(eq=False)
+class GaussianMixture2D:
+    """A mixture of isotropic 2-D Gaussians, kept so metrics can check per-mode coverage.
+
+    Attributes:
+        means: (K, 2) component means.
+        stds: (K,) per-component standard deviations (isotropic), all > 0.
+        weights: (K,) positive component weights summing to 1.
+    All three are stored as CPU float64 tensors.
+    """
+
+    means: Tensor = attrs.field(converter=_as_float64)
+    stds: Tensor = attrs.field(converter=_as_float64)
+    weights: Tensor = attrs.field(converter=_as_float64)
+
+    def __attrs_post_init__(self) -> None:
+        """Check shapes and ranges so a malformed mixture fails where it is built."""
+        if self.means.ndim != 2 or self.means.shape[1] != 2 or self.means.shape[0] == 0:
+            raise ValueError(
+                f"means must have shape (K, 2) with K >= 1, got {tuple(self.means.shape)}"
+            )
+        k = self.means.shape[0]
+        if self.stds.shape != (k,):
+            raise ValueError(
+                f"stds must have shape ({k},) to match means, got {tuple(self.stds.shape)}"
+            )
+        if self.weights.shape != (k,):
+            raise ValueError(
+                f"weights must have shape ({k},) to match means, got {tuple(self.weights.shape)}"
+            )
+        if not bool(torch.isfinite(self.means).all()):
+            raise ValueError("means must be finite")
+        if not bool((torch.isfinite(self.stds) & (self.stds > 0)).all()):
+            raise ValueError(f"stds must be finite and > 0, got {self.stds.tolist()}")
+        if not bool((torch.isfinite(self.weights) & (self.weights > 0)).all()):
+            raise ValueError(f"weights must be finite and > 0, got {self.weights.tolist()}")
+        if abs(float(self.weights.sum()) - 1.0) > 1e-9:
+            raise ValueError(f"weights must sum to 1, got sum {float(self.weights.sum())!r}")
+
+    @property
+    def n_components(self) -> int:
+        """Number of mixture components K."""
+        return int(self.means.shape[0])
+
+    def component_log_joint(self, x: Tensor) -> Tensor:
+        """Return log(w_k N(x; mu_k, std_k**2 I)) as an (n, K) float64 tensor on x's device."""
+        x = x.to(torch.float64)
+        means, stds, weights = (t.to(x.device) for t in (self.means, self.stds, self.weights))
+        squared = ((x[:, None, :] - means[None, :, :]) ** 2).sum(dim=-1)
+        log_normal = -0.5 * squared / stds**2 - 2.0 * torch.log(stds) - _LOG_2PI
+        return torch.log(weights) + log_normal
+
+    def log_density(self, x: Tensor) -> Tensor:
+        """Exact mixture log-density at x (n, 2), as (n,) float64."""
+        return torch.logsumexp(self.component_log_joint(x), dim=1)
+
+    def assign(self, x: Tensor) -> Tensor:
+        """Index (n,) int64 of the component with the highest posterior responsibility."""
+        return self.component_log_joint(x).argmax(dim=1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw n exact float64 samples (n, 2) on CPU, using only `generator` when given."""
+        _require_count("n", n, 0)
+        if n == 0:  # torch.multinomial refuses to draw zero samples
+            return torch.empty(0, 2, dtype=torch.float64)
+        component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        noise = torch.randn(n, 2, dtype=torch.float64, generator=generator)
+        return self.means[component] + self.stds[component, None] * noise
+
+
+class ToyDataset(Dataset[Tensor], abc.ABC):
+    """A 2-D distribution with an exact sampler and an exact normalized log-density.
+
+    The dataset itself is a fixed sample `points` (n_samples, 2) float32 drawn at construction
+    from a seeded generator, so two instances with the same arguments hold identical points.
+    Subclasses set their parameters before calling `ToyDataset.__init__` and implement
+    `_sample`, `_log_density` and `bounds`.
+    """
+
+    def __init__(self, n_samples: int = 20000, seed: int = 0) -> None:
+        """Draw `n_samples` points with a generator seeded by `seed`."""
+        self.n_samples = _require_count("n_samples", n_samples, 1)
+        self.seed = int(seed)
+        self.points = self.sample(n_samples, torch.Generator().manual_seed(self.seed))
+
+    def __len__(self) -> int:
+        """Number of stored points."""
+        return self.points.shape[0]
+
+    def __getitem__(self, index: int) -> Tensor:
+        """The stored point `index` as a (2,) float32 tensor."""
+        return self.points[index]
+
+    @property
+    @abc.abstractmethod
+    def bounds(self) -> tuple[float, float]:
+        """(lo, hi) such that the square [lo, hi]^2 holds all but a negligible part of the mass."""
+
+    @property
+    def mixture(self) -> GaussianMixture2D | None:
+        """The isotropic Gaussian mixture this distribution is, or None if it is not one."""
+        return None
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw n fresh exact samples (n, 2) float32 on CPU.
+
+        Arguments:
+            n: number of samples, >= 0.
+            generator: a CPU generator; when given it is the only source of randomness
+                (the global RNG is not touched), when None the global RNG is used.
+        """
+        _require_count("n", n, 0)
+        return self._sample(n, generator).to(torch.float32)
+
+    def log_density(self, x: Tensor) -> Tensor:
+        """Exact normalized log-density at x (n, 2), returned as (n,) float64 on x's device.
+
+        Computed and returned in float64 so that grid normalisations and KL estimates built on
+        it are not limited by float32 rounding; -inf where the density is 0.
+        """
+        if x.ndim != 2 or x.shape[1] != 2:
+            raise ValueError(f"x must have shape (n, 2), got {tuple(x.shape)}")
+        return self._log_density(x.to(torch.float64))
+
+    @abc.abstractmethod
+    def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """Draw n samples (n, 2), in float64, from `generator` only."""
+
+    @abc.abstractmethod
+    def _log_density(self, x: Tensor) -> Tensor:
+        """Exact log-density (n,) of float64 points x (n, 2)."""
+
+
+class _GaussianMixtureDataset(ToyDataset):
+    """Shared implementation for toy sets that are isotropic Gaussian mixtures."""
+
+    _mixture: GaussianMixture2D
+
+    @property
+    def mixture(self) -> GaussianMixture2D:
+        """The exact mixture record (means, stds, weights)."""
+        return self._mixture
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """Square holding every component mean +- 5 std, rounded out to 0.5."""
+        margin = _BOUNDS_STDS * self._mixture.stds[:, None]
+        lo = float((self._mixture.means - margin).min())
+        hi = float((self._mixture.means + margin).max())
+        return _round_out(lo, hi)
+
+    def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        return self._mixture.sample(n, generator)
+
+    def _log_density(self, x: Tensor) -> Tensor:
+        return self._mixture.log_density(x)
+
+
+class EightGaussians(_GaussianMixtureDataset):
+    """Eight equal-weight isotropic Gaussians at angles 2*pi*k/8 on a circle."""
+
+    def __init__(
+        self, n_samples: int = 20000, seed: int = 0, *, radius: float = 2.0, std: float = 0.15
+    ) -> None:
+        """Set the parameters, then draw the stored points (see `ToyDataset`).
+
+        Arguments:
+            radius: radius of the circle holding the means, > 0.
+            std: standard deviation of every component, > 0.
+        """
+        self.radius = _require_positive("radius", radius)
+        self.std = _require_positive("std", std)
+        angles = torch.arange(8, dtype=torch.float64) * (2.0 * math.pi / 8)
+        means = self.radius * torch.stack((torch.cos(angles), torch.sin(angles)), dim=1)
+        self._mixture = GaussianMixture2D(
+            means=means,
+            stds=torch.full((8,), self.std, dtype=torch.float64),
+            weights=torch.full((8,), 1.0 / 8, dtype=torch.float64),
+        )
+        super().__init__(n_samples, seed)
+
+
+class GaussianMixture(_GaussianMixtureDataset):
+    """A mixture of isotropic Gaussians with unequal weights (checks mode-weight recovery)."""
+
+    def __init__(
+        self,
+        n_samples: int = 20000,
+        seed: int = 0,
+        *,
+        means: Sequence[Sequence[float]] = ((-1.5, 0.0), (1.5, 0.0), (0.0, 1.5)),
+        stds: Sequence[float] = (0.3, 0.3, 0.3),
+        weights: Sequence[float] = (0.5, 0.3, 0.2),
+    ) -> None:
+        """Set the parameters, then draw the stored points (see `ToyDataset`).
+
+        Arguments:
+            means: (K, 2) component means.
+            stds: (K,) isotropic standard deviations, each > 0.
+            weights: (K,) positive weights; they are normalised to sum to 1.
+        """
+        weights_t = _as_float64(weights)
+        if weights_t.ndim != 1 or not bool((torch.isfinite(weights_t) & (weights_t > 0)).all()):
+            raise ValueError(
+                f"weights must be a 1-D sequence of finite numbers > 0, got {weights!r}"
+            )
+        self._mixture = GaussianMixture2D(
+            means=means, stds=stds, weights=weights_t / weights_t.sum()
+        )
+        super().__init__(n_samples, seed)
+
+
+class Rings(ToyDataset):
+    """Concentric rings (the ebm-anatomy toy): ring k = 1..n_rings has radius radius*k.
+
+    A sample picks a ring uniformly, a radius rho = r_k + std*xi with xi ~ N(0, 1) and an angle
+    uniform in [0, 2*pi). A negative rho lands at the opposite angle, so |y| follows a folded
+    normal and the exact density is
+        p(y) = sum_k w_k [N(|y|; r_k, std) + N(|y|; -r_k, std)] / (2*pi*|y|).
+    It has an integrable 1/|y| singularity at the origin, where log_density returns +inf.
+    """
+
+    def __init__(
+        self,
+        n_samples: int = 20000,
+        seed: int = 0,
+        *,
+        n_rings: int = 4,
+        radius: float = 1.0,
+        std: float = 0.15,
+    ) -> None:
+        """Set the parameters, then draw the stored points (see `ToyDataset`).
+
+        Arguments:
+            n_rings: number of rings, >= 1.
+            radius: radius of the innermost ring and the spacing between rings, > 0.
+            std: radial standard deviation of every ring, > 0.
+        """
+        self.n_rings = _require_count("n_rings", n_rings, 1)
+        self.radius = _require_positive("radius", radius)
+        self.std = _require_positive("std", std)
+        ks = torch.arange(1, self.n_rings + 1, dtype=torch.float64)
+        self.ring_radii = self.radius * ks
+        super().__init__(n_samples, seed)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """Square holding the outer ring +- 5 std, rounded out to 0.5."""
+        half = self.radius * self.n_rings + _BOUNDS_STDS * self.std
+        return _round_out(-half, half)
+
+    def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        ring = torch.randint(0, self.n_rings, (n,), generator=generator)
+        xi = torch.randn(n, dtype=torch.float64, generator=generator)
+        rho = self.ring_radii[ring] + self.std * xi
+        angle = 2.0 * math.pi * torch.rand(n, dtype=torch.float64, generator=generator)
+        return rho[:, None] * torch.stack((torch.cos(angle), torch.sin(angle)), dim=1)
+
+    def _log_density(self, x: Tensor) -> Tensor:
+        rho = torch.linalg.vector_norm(x, dim=1)[:, None]
+        radii = self.ring_radii.to(x.device)[None, :]
+        folded = torch.cat(
+            (
+                _gaussian_log_pdf_1d(rho, radii, self.std),
+                _gaussian_log_pdf_1d(rho, -radii, self.std),
+            ),
+            dim=1,
+        )
+        log_radial = torch.logsumexp(folded, dim=1) - math.log(self.n_rings)
+        return log_radial - _LOG_2PI - torch.log(rho[:, 0])
+
+
+class Checkerboard(ToyDataset):
+    """Uniform density 1/8 on the 8 black unit squares of a 4x4 board over [-2, 2]^2.
+
+    The square with integer lower corner (i, j) is black when i + j is even. Squares are
+    half-open, [i, i+1) x [j, j+1), and float32 samples are kept strictly inside their square.
+    """
+
+    def __init__(self, n_samples: int = 20000, seed: int = 0) -> None:
+        """Build the list of black squares and draw the stored points."""
+        corners = [(i, j) for i in range(-2, 2) for j in range(-2, 2) if (i + j) % 2 == 0]
+        self.black_corners = torch.tensor(corners, dtype=torch.float64)
+        super().__init__(n_samples, seed)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The board itself, [-2, 2]."""
+        return (-2.0, 2.0)
+
+    def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """Draw n samples as float32-representable float64 values inside their black squares.
+
+        Plain rounding to float32 could push a point onto the edge of a neighbouring white
+        square, so each coordinate is clamped to the largest float32 below its square's edge.
+        """
+        square = torch.randint(0, len(self.black_corners), (n,), generator=generator)
+        offset = torch.rand(n, 2, dtype=torch.float64, generator=generator)
+        corner = self.black_corners[square]
+        lower = corner.to(torch.float32)
+        upper = torch.nextafter(lower + 1.0, lower)
+        points = (corner + offset).to(torch.float32)
+        return torch.minimum(torch.maximum(points, lower), upper).to(torch.float64)
+
+    def _log_density(self, x: Tensor) -> Tensor:
+        inside = ((x >= -2.0) & (x < 2.0)).all(dim=1)
+        cell = torch.floor(x)
+        black = torch.remainder(cell.sum(dim=1), 2.0) == 0.0
+        value = torch.full((x.shape[0],), -math.log(8.0), dtype=torch.float64, device=x.device)
+        return torch.where(inside & black, value, torch.full_like(value, -math.inf))
+
+
+class TwoMoons(ToyDataset):
+    """Two interleaved half circles of radius 1 with isotropic Gaussian noise, centred.
+
+    The upper moon is c(theta) = (cos theta, sin theta), the lower one
+    (1 - cos theta, 0.5 - sin theta), theta ~ U[0, pi], each moon with weight 1/2; everything
+    is shifted by -(0.5, 0.25), which makes the two moons point-symmetric about the origin.
+    The density p(y) = 1/2 sum_moons (1/pi) int_0^pi N(y; c(theta), noise^2 I) d theta is
+    computed by Gauss-Legendre quadrature over theta (at least 256 nodes per moon and at most
+    0.16*noise between nodes) with logsumexp in float64: exact up to a quadrature error far
+    below float32 resolution.
+    """
+
+    def __init__(self, n_samples: int = 20000, seed: int = 0, *, noise: float = 0.1) -> None:
+        """Set the noise and the quadrature rule, then draw the stored points.
+
+        Arguments:
+            noise: standard deviation of the isotropic Gaussian noise, > 0.
+        """
+        self.noise = _require_positive("noise", noise)
+        # Interior Gauss-Legendre spacing is about pi^2 / (2 n) rad; 32/noise nodes keep it
+        # below noise/6, where the error of a Gaussian bump integral is ~exp(-2 pi^2 * 36).
+        self.n_quadrature = max(256, math.ceil(32.0 / self.noise))
+        nodes, weights = np.polynomial.legendre.leggauss(self.n_quadrature)
+        theta = torch.as_tensor(0.5 * math.pi * (nodes + 1.0), dtype=torch.float64)
+        arc = torch.stack((torch.cos(theta) - 0.5, torch.sin(theta) - 0.25), dim=1)
+        # Centres of both moons at every node, and log of (1/2 moon weight) * (1/2 GL weight),
+        # since (1/pi) int_0^pi f = (1/2) sum_i w_i f(theta_i).
+        self._quadrature_centres = torch.cat((arc, -arc), dim=0)
+        log_w = torch.log(torch.as_tensor(weights, dtype=torch.float64)) - 2.0 * math.log(2.0)
+        self._quadrature_log_weights = torch.cat((log_w, log_w), dim=0)
+        super().__init__(n_samples, seed)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """Square holding both moons +- 5 noise std, rounded out to 0.5."""
+        half = 1.5 + _BOUNDS_STDS * self.noise
+        return _round_out(-half, half)
+
+    def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        sign = 1.0 - 2.0 * torch.randint(0, 2, (n, 1), generator=generator).to(torch.float64)
+        theta = math.pi * torch.rand(n, dtype=torch.float64, generator=generator)
+        arc = torch.stack((torch.cos(theta) - 0.5, torch.sin(theta) - 0.25), dim=1)
+        noise = self.noise * torch.randn(n, 2, dtype=torch.float64, generator=generator)
+        return sign * arc + noise
+
+    def _log_density(self, x: Tensor) -> Tensor:
+        centres = self._quadrature_centres.to(x.device)
+        log_weights = self._quadrature_log_weights.to(x.device)
+        log_norm = -2.0 * math.log(self.noise) - _LOG_2PI
+        chunk = max(1, _QUADRATURE_CHUNK_ELEMENTS // centres.shape[0])
+        out = []
+        centres_squared = (centres * centres).sum(dim=1)
+        for part in torch.split(x, chunk):
+            # |y - c|^2 expanded so the cross term is one matmul; float64 keeps it accurate.
+            squared = (
+                (part * part).sum(dim=1, keepdim=True) + centres_squared - 2.0 * part @ centres.T
+            )
+            terms = log_weights - 0.5 * squared / self.noise**2
+            out.append(torch.logsumexp(terms, dim=1) + log_norm)
+        if not out:
+            return torch.empty(0, dtype=torch.float64, device=x.device)
+        return torch.cat(out)
+
+
+class Pinwheel(ToyDataset):
+    """Twisted Gaussian arms (the classic pinwheel), with an exact density.
+
+    Arm a draws x ~ N((1, 0), diag(radial_std^2, tangential_std^2)) rotated by 2*pi*a/n_arms;
+    the sample is y = T(x) = R(theta(|x|)) x with R the 2-D rotation and
+    theta(r) = rate * exp(r), the classic pinwheel twist. In polar coordinates T maps
+    (r, phi) to (r, phi + theta(r)): it keeps |x|, is inverted by R(-theta(|y|)), and its
+    Jacobian [[1, 0], [theta'(r), 1]] has determinant 1 while the area element r dr dphi is
+    unchanged. So T preserves area and log p(y) = log p_X(R(-theta(|y|)) y) with p_X the
+    equal-weight mixture of the rotated Gaussians: exact, no approximation.
+    """
+
+    def __init__(
+        self,
+        n_samples: int = 20000,
+        seed: int = 0,
+        *,
+        n_arms: int = 5,
+        radial_std: float = 0.3,
+        tangential_std: float = 0.1,
+        rate: float = 0.25,
+    ) -> None:
+        """Set the parameters, then draw the stored points (see `ToyDataset`).
+
+        Arguments:
+            n_arms: number of arms, >= 1.
+            radial_std: standard deviation along an arm before the twist, > 0.
+            tangential_std: standard deviation across an arm before the twist, > 0.
+            rate: twist strength in theta(r) = rate * exp(r); any finite number (0: no twist,
+                negative: twists the other way).
+        """
+        self.n_arms = _require_count("n_arms", n_arms, 1)
+        self.radial_std = _require_positive("radial_std", radial_std)
+        self.tangential_std = _require_positive("tangential_std", tangential_std)
+        self.rate = float(rate)
+        if not math.isfinite(self.rate):
+            raise ValueError(f"rate must be a finite number, got {rate!r}")
+        self.arm_angles = torch.arange(self.n_arms, dtype=torch.float64) * (2 * math.pi / n_arms)
+        super().__init__(n_samples, seed)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """Square holding the disk |y| <= 1 + 5 * max std (T keeps |x|), rounded out to 0.5."""
+        half = 1.0 + _BOUNDS_STDS * max(self.radial_std, self.tangential_std)
+        return _round_out(-half, half)
+
+    def twist_angle(self, radius: Tensor) -> Tensor:
+        """The twist theta(r) = rate * exp(r) applied at distance `radius` from the origin."""
+        return self.rate * torch.exp(radius)
+
+    def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        arm = torch.randint(0, self.n_arms, (n,), generator=generator)
+        scale = torch.tensor([self.radial_std, self.tangential_std], dtype=torch.float64)
+        x = torch.randn(n, 2, dtype=torch.float64, generator=generator) * scale
+        x[:, 0] += 1.0
+        x = _rotate(x, self.arm_angles[arm])
+        return _rotate(x, self.twist_angle(torch.linalg.vector_norm(x, dim=1)))
+
+    def _log_density(self, y: Tensor) -> Tensor:
+        """Log-density via the area-preserving inverse twist.
+
+        Where |y| is so large (> ~700) that the twist angle overflows, -inf is returned: the
+        true log-density there is below -10^6, i.e. the density is 0 in float64.
+        """
+        angle = self.twist_angle(torch.linalg.vector_norm(y, dim=1))
+        finite = torch.isfinite(angle)
+        x = _rotate(y, -torch.where(finite, angle, torch.zeros_like(angle)))
+        arm_angles = self.arm_angles.to(y.device)
+        cos, sin = torch.cos(arm_angles)[None, :], torch.sin(arm_angles)[None, :]
+        # Coordinates of x in each arm's frame (rotate by -arm angle), minus the mean (1, 0).
+        along = cos * x[:, :1] + sin * x[:, 1:] - 1.0
+        across = -sin * x[:, :1] + cos * x[:, 1:]
+        log_arm = (
+            -0.5 * (along / self.radial_std) ** 2
+            - 0.5 * (across / self.tangential_std) ** 2
+            - math.log(self.radial_std * self.tangential_std)
+            - _LOG_2PI
+        )
+        log_p = torch.logsumexp(log_arm, dim=1) - math.log(self.n_arms)
+        return torch.where(finite, log_p, torch.full_like(log_p, -math.inf))
+
+
+TOY_DATASETS: dict[str, type[ToyDataset]] = {
+    cls.__name__: cls
+    for cls in (EightGaussians, GaussianMixture, Rings, Checkerboard, TwoMoons, Pinwheel)
+}

@@ -1,0 +1,53 @@
+r"""Where a run's numbers and pictures go: tensorboard, metrics.jsonl and PNG files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+
+__all__ = ["RunLogger"]
+
+
+class RunLogger:
+    """Writes scalars to tensorboard (`tb/`) and `metrics.jsonl`, figures and images to both.
+
+    Arguments:
+        run_dir: the run directory; `tb/` and `metrics.jsonl` are created inside it.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+        self.metrics_path = run_dir / "metrics.jsonl"
+
+    def scalars(self, round_index: int, values: dict[str, float]) -> None:
+        """Log scalars for a round (one tensorboard tag each, one JSON line for all)."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, round_index)
+        record = {"round": round_index, **{k: _json_number(v) for k, v in values.items()}}
+        with self.metrics_path.open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+    def figure(self, tag: str, round_index: int, figure: Any) -> None:
+        self.writer.add_figure(tag, figure, round_index, close=False)
+
+    def image(self, tag: str, round_index: int, image: Tensor) -> None:
+        """A (3, H, W) image in [0, 1]."""
+        self.writer.add_image(tag, image, round_index)
+
+    def text(self, tag: str, text: str) -> None:
+        self.writer.add_text(tag, text)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+def _json_number(value: float) -> float | str:
+    """JSON has no NaN/inf: write them as strings so the file stays valid JSON."""
+    return value if math.isfinite(value) else str(value)

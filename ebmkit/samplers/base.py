@@ -1,0 +1,95 @@
+r"""The chain loop every kernel shares: `sample` runs `init` then `n_steps` transitions."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ebmkit.protocols import Energy
+from ebmkit.records import ChainState, SampleResult, StepInfo
+
+__all__ = ["MarkovKernel"]
+
+
+class MarkovKernel:
+    """Base of the built-in samplers: subclasses give `init` and `_transition`.
+
+    The loop keeps every per-chain statistic as a tensor (no `.item()`, no host sync) and
+    never keeps an autograd graph from one step to the next.
+    """
+
+    n_steps: int
+
+    def init(self, x: Tensor, energy: Energy) -> ChainState:
+        raise NotImplementedError
+
+    def step(
+        self, state: ChainState, energy: Energy, *, generator: torch.Generator | None = None
+    ) -> tuple[ChainState, StepInfo]:
+        """One transition of every chain."""
+        return self._transition(state, energy, 0, 1, generator, final=False)
+
+    def _transition(
+        self,
+        state: ChainState,
+        energy: Energy,
+        index: int,
+        n_steps: int,
+        generator: torch.Generator | None,
+        *,
+        final: bool,
+    ) -> tuple[ChainState, StepInfo]:
+        """Transition number `index` of `n_steps`; `final` allows leaving E/∇E unevaluated."""
+        raise NotImplementedError
+
+    def sample(
+        self,
+        energy: Energy,
+        x0: Tensor,
+        n_steps: int | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> SampleResult:
+        """Run `n_steps` (default `self.n_steps`) transitions of every chain from `x0`.
+
+        Arguments:
+            energy: maps (B, ...) to (B,).
+            x0: starting points (B, ...), floating point.
+            n_steps: number of transitions; 0 returns the start.
+            generator: random source (default: the global torch RNG).
+
+        Returns:
+            SampleResult with the final x (detached), the last state, per-chain acceptance
+            rate (MH kernels), gradient evaluations and the energy trace.
+        """
+        n_steps = self.n_steps if n_steps is None else n_steps
+        if n_steps < 0:
+            raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+        if not x0.is_floating_point():
+            raise TypeError(f"chains must start from a floating-point tensor, got {x0.dtype}")
+        state = self.init(x0.detach(), energy)
+        n_grad_evals = 1
+        trace = x0.new_empty(n_steps)
+        acceptance_sum: Tensor | None = None
+        step_size = torch.as_tensor(getattr(self, "step_size", float("nan")))
+        for index in range(n_steps):
+            trace[index] = state.energy.mean()
+            state, info = self._transition(
+                state, energy, index, n_steps, generator, final=index == n_steps - 1
+            )
+            n_grad_evals += info.n_grad_evals
+            step_size = info.step_size
+            if info.acceptance_prob is not None:
+                acceptance_sum = (
+                    info.acceptance_prob
+                    if acceptance_sum is None
+                    else acceptance_sum + info.acceptance_prob
+                )
+        return SampleResult(
+            x=state.x.detach(),
+            state=state,
+            acceptance_rate=None if acceptance_sum is None else acceptance_sum / n_steps,
+            n_grad_evals=n_grad_evals,
+            energy_trace=trace,
+            step_size=step_size,
+        )
