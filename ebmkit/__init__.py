@@ -50,6 +50,7 @@ __all__ = [
     "Stateful",
     "StepInfo",
     "Trainer",
+    "UnknownComponentError",
     "batch_view",
     "clip_gradient",
     "components",

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import gin
-
 from ebmkit.config import parse_config
 from ebmkit.errors import EbmkitError
 from ebmkit.registry import KINDS, Registry, reset_registry

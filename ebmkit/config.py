@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import gin
-
 from ebmkit.errors import ConfigError
 from ebmkit.registry import KIND_OF_PLURAL, Registry, get_registry
 

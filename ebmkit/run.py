@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import gin
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+import gin
 from ebmkit.checkpoint.files import latest_checkpoint, load_checkpoint, save_checkpoint
 from ebmkit.checkpoint.rng import get_rng_state, seed_everything, set_rng_state
 from ebmkit.config import parse_config, set_rounds

@@ -246,7 +246,7 @@ def test_rings_density_matches_folded_normal_formula() -> None:
     ds = Rings(n_samples=10, n_rings=3, radius=1.5, std=0.2)
     rho = np.array([0.05, 0.4, 0.5, 1.0, 1.9])
     x = torch.tensor(np.stack((rho * np.cos(1.0), rho * np.sin(1.0)), 1))
-    radii = np.array([0.5, 1.0, 1.5])
+    radii = np.array([1.5, 3.0, 4.5])
     radial = sum((stats.norm(r, 0.2).pdf(rho) + stats.norm(-r, 0.2).pdf(rho)) / 3 for r in radii)
     expected = np.log(radial / (2 * np.pi * rho))
     np.testing.assert_allclose(ds.log_density(x).numpy(), expected, rtol=1e-12)
@@ -257,7 +257,7 @@ def test_rings_radial_distribution_is_folded_normal_mixture() -> None:
     ds = Rings(n_samples=10)
     n = 40000
     rho = torch.linalg.vector_norm(ds.sample(n, torch.Generator().manual_seed(4)).double(), dim=1)
-    radii = np.array([0.25, 0.5, 0.75, 1.0])
+    radii = np.array([1.0, 2.0, 3.0, 4.0])
 
     def folded_cdf(r: np.ndarray) -> np.ndarray:
         r = np.asarray(r)[..., None]
@@ -265,8 +265,8 @@ def test_rings_radial_distribution_is_folded_normal_mixture() -> None:
             stats.norm.cdf((r - radii) / 0.15) - stats.norm.cdf((-r - radii) / 0.15), -1
         )
 
-    inner = float(folded_cdf(0.25))
-    fraction = float((rho < 0.25).double().mean())
+    inner = float(folded_cdf(1.0))
+    fraction = float((rho < 1.0).double().mean())
     assert abs(fraction - inner) < 5 * math.sqrt(inner * (1 - inner) / n), (fraction, inner)
     assert stats.kstest(rho.numpy(), folded_cdf).pvalue > 1e-3
 
