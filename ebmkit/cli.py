@@ -1,4 +1,4 @@
-r"""The `ebmkit` command: run | plugins | config."""
+r"""The `ebmkit` command: run | sample | eval | plugins | config."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import gin
 from ebmkit.config import parse_config
 from ebmkit.errors import EbmkitError
-from ebmkit.registry import KINDS, Registry, reset_registry
+from ebmkit.registry import KINDS, PLURALS, Registry, reset_registry
 
 __all__ = ["main"]
 
@@ -41,12 +41,85 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
 
+    _add_sample_parser(commands)
+    _add_eval_parser(commands)
+
     commands.add_parser("plugins", help="list plugins and the components each registers")
 
     config = commands.add_parser("config", help="print the resolved config, or its error")
     config.add_argument("config", type=Path)
     config.add_argument("--bind", action="append", default=[], metavar="'a.b = v'")
     return parser
+
+
+def _add_sample_parser(commands: argparse._SubParsersAction) -> None:
+    sample = commands.add_parser(
+        "sample", help="draw samples from a trained run (PNG files, or .npy for points)"
+    )
+    sample.add_argument("run", type=Path, help="a run directory or a checkpoint file")
+    sample.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    sample.add_argument("--out", type=Path, required=True, help="folder to write them into")
+    sample.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
+    sample.add_argument("--batch-size", type=int, help="chains at once (default: the run's)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--device", help="where to sample (default: the run's device)")
+
+
+def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser("eval", help="evaluate samples (FID)")
+    metrics = evaluate.add_subparsers(dest="metric", required=True)
+    fid = metrics.add_parser("fid", help="Fréchet Inception Distance between two image sets")
+    fid.add_argument(
+        "--samples", required=True, help="a folder of images or an .npz of (mu, sigma)"
+    )
+    fid.add_argument(
+        "--reference", required=True, help="a folder of images or an .npz of (mu, sigma)"
+    )
+    fid.add_argument("--dims", type=int, default=2048, help="64 | 192 | 768 | 2048 (default)")
+    fid.add_argument(
+        "--fid-weights",
+        help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: "
+        "$EBMKIT_FID_WEIGHTS, else torch's hub cache)",
+    )
+    fid.add_argument(
+        "--random-weights", action="store_true", help="untrained network (tests only)"
+    )
+    fid.add_argument("--batch-size", type=int, default=50)
+    fid.add_argument("--device", default="cpu")
+    fid.add_argument("--save-stats", type=Path, help="also write the samples' (mu, sigma) .npz")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from ebmkit.sampling import sample_run
+
+    for flag, value, least in (
+        ("--n", args.n, 1),
+        ("--steps", args.steps, 0),
+        ("--batch-size", args.batch_size, 1),
+    ):
+        if value is not None and value < least:
+            raise EbmkitError(f"{flag} must be >= {least}, got {value}")
+    summary = sample_run(
+        args.run, args.n, args.out, args.steps, args.batch_size, args.seed, args.device
+    )
+    print(f"wrote {summary['n']} {summary['kind']} to {summary['out']}", file=sys.stderr)
+    print(json.dumps(summary, indent=2))
+
+
+def _eval_fid(args: argparse.Namespace) -> None:
+    from ebmkit.metrics.fid import fid_between_paths
+
+    summary = fid_between_paths(
+        args.samples,
+        args.reference,
+        dims=args.dims,
+        weights=args.fid_weights,
+        random_weights=args.random_weights,
+        batch_size=args.batch_size,
+        device=args.device,
+        save_samples_stats=args.save_stats,
+    )
+    print(json.dumps(summary, indent=2))
 
 
 def _blocked(options: Sequence[str]) -> list[str]:
@@ -67,7 +140,7 @@ def _print_plugins(registry: Registry) -> None:
         components = registry.components(kind)
         if not components:
             continue
-        print(f"{kind}s:")
+        print(f"{PLURALS[kind]}:")
         for component in components:
             print(f"  {component.name:<22} [{component.plugin}] {component.summary}")
 
@@ -94,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.config, args.out, args.rounds, args.bind, resume=args.resume
             )
             print(json.dumps(summary, indent=2))
+        elif args.command == "sample":
+            _sample(args)
+        elif args.command == "eval" and args.metric == "fid":
+            _eval_fid(args)
     except EbmkitError as error:
         print(f"ebmkit: error: {error}", file=sys.stderr)
         return 1

@@ -26,6 +26,8 @@ def parse_config(
     `include` lines resolve against the config's own folder, so gin/x.gin can include
     `base/toy.gin`. Raises ConfigError naming the file, the line and what would be valid.
     """
+    import ebmkit.run  # noqa: F401 - defines the `experiment` configurable every config binds
+
     registry = registry or get_registry()
     if not config.is_file():
         shipped = sorted(str(p) for p in Path("gin").glob("*.gin")) if Path("gin").is_dir() else []

@@ -2,7 +2,9 @@ r"""The component registry: pluggy finds plugins; each registers components by k
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import inspect
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -130,8 +132,25 @@ class Registry:
             self._current_plugin = impl.plugin_name
             try:
                 impl.function(**{arg: self for arg in impl.argnames})
+            except Exception as error:  # noqa: BLE001 - a broken plugin is reported, not fatal
+                if impl.plugin_name == BUILTIN_PLUGIN:
+                    raise
+                self._drop_plugin(impl.plugin_name, f"{type(error).__name__}: {error}")
             finally:
                 self._current_plugin = BUILTIN_PLUGIN
+
+    def _drop_plugin(self, plugin: str, error: str) -> None:
+        """Forget what a plugin registered before its hook failed, and mark it broken."""
+        for by_name in self._components.values():
+            for name in [n for n, c in by_name.items() if c.plugin == plugin]:
+                del by_name[name]
+        info = self.plugins.get(plugin, PluginInfo(plugin, "?", "?"))
+        self.plugins[plugin] = attrs.evolve(info, error=f"ebmkit_register failed: {error}")
+
+    def owns(self, component: Component) -> bool:
+        """Whether `component` (same kind, name and factory) is registered here."""
+        known = self._components[component.kind].get(component.name)
+        return known is not None and known.factory is component.factory
 
 
 def _register_with_gin(component: Component) -> None:
@@ -145,9 +164,32 @@ def _register_with_gin(component: Component) -> None:
             f"({known.__module__}.{known.__qualname__})"
         )
     gin.external_configurable(
-        component.factory, name=component.name, module=PLURALS[component.kind]
+        _guarded(component), name=component.name, module=PLURALS[component.kind]
     )
     _gin_registered[component.gin_name] = component.factory
+
+
+def _guarded(component: Component) -> Callable[..., Any]:
+    """The factory as gin calls it: refuses when the current registry lacks the component.
+
+    gin's configurables are process-global and cannot be removed, so a plugin blocked by
+    a later `reset_registry(blocked=...)` would otherwise stay usable from configs.
+    """
+    factory = component.factory
+
+    @functools.wraps(factory)
+    def build(*args: Any, **kwargs: Any) -> Any:
+        registry = get_registry()
+        if not registry.owns(component):
+            message = registry._unknown_message(component.kind, component.name)
+            info = registry.plugins.get(component.plugin)
+            if info is not None and info.blocked:
+                message += f"\nplugin {component.plugin!r} is blocked (-p no:{component.plugin})"
+            raise UnknownComponentError(message)
+        return factory(*args, **kwargs)
+
+    build.__signature__ = inspect.signature(factory)  # gin reads defaults from it
+    return build
 
 
 def _ebmkit_version() -> str:

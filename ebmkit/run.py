@@ -18,6 +18,7 @@ from ebmkit.checkpoint.files import latest_checkpoint, load_checkpoint, save_che
 from ebmkit.checkpoint.rng import get_rng_state, seed_everything, set_rng_state
 from ebmkit.config import parse_config, set_rounds
 from ebmkit.errors import CheckpointError, ConfigError
+from ebmkit.logging.images import log_data_grid, log_energy_histograms
 from ebmkit.logging.run_logger import RunLogger
 from ebmkit.records import Round
 
@@ -67,6 +68,8 @@ class RunObserver:
 
     def before_fit(self, trainer: Any) -> None:
         self.logger.text("operative_config", "```\n" + self.operative_config + "\n```")
+        if trainer.round_index == 0:
+            log_data_grid(self.logger, trainer.dataset, self.run_dir / "samples")
         self._progress = tqdm(
             total=trainer.n_rounds, initial=trainer.round_index, desc="rounds", mininterval=1
         )
@@ -120,6 +123,7 @@ class RunObserver:
             values["sampler/acceptance_rate"] = result.acceptance_rate.mean()
         scalars = {k: float(v) for k, v in values.items()}
         self.logger.scalars(round.index, scalars)
+        log_energy_histograms(self.logger, round)
         if self._progress is not None:
             self._progress.set_postfix(
                 gap=f"{scalars['energy/gap']:.3g}", loss=f"{scalars['loss/total']:.3g}"
@@ -190,11 +194,17 @@ def run_experiment(
         raise ConfigError(f"in config {config}: {error}") from error
     trainer = experiment.trainer
     operative_config = gin.operative_config_str()
+    if state is not None:
+        try:
+            trainer.load_state_dict(state)
+            set_rng_state(state["rng"])
+        except (ValueError, RuntimeError, KeyError) as error:
+            raise CheckpointError(
+                f"checkpoint {checkpoint} does not fit this config ({type(error).__name__}: "
+                f"{error}); resume with the config and bindings the run was started with"
+            ) from error
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "operative_config.gin").write_text(operative_config)
-    if state is not None:
-        trainer.load_state_dict(state)
-        set_rng_state(state["rng"])
     observer = RunObserver(experiment, run_dir, operative_config)
     try:
         trainer.fit(observer)

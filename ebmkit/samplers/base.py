@@ -26,8 +26,8 @@ class MarkovKernel:
     def step(
         self, state: ChainState, energy: Energy, *, generator: torch.Generator | None = None
     ) -> tuple[ChainState, StepInfo]:
-        """One transition of every chain."""
-        return self._transition(state, energy, 0, 1, generator, final=False)
+        """One transition of every chain (index −1: outside `sample`'s burn-in schedule)."""
+        return self._transition(state, energy, -1, 0, generator, final=False)
 
     def _transition(
         self,
@@ -39,7 +39,10 @@ class MarkovKernel:
         *,
         final: bool,
     ) -> tuple[ChainState, StepInfo]:
-        """Transition number `index` of `n_steps`; `final` allows leaving E/∇E unevaluated."""
+        """Transition number `index` of `n_steps` in a `sample` run, or −1 for a lone `step`.
+
+        `final` allows leaving E/∇E unevaluated at the last point (nothing needs them).
+        """
         raise NotImplementedError
 
     def sample(

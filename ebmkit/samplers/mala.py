@@ -114,7 +114,7 @@ class MALA(MarkovKernel):
         log_reverse = -((x - reverse_mean).square() / (2 * variance)).flatten(1).sum(1)
         log_ratio = state.energy - proposal_energy + log_reverse - log_forward
         accepted, acceptance_prob = metropolis_accept(log_ratio, generator)
-        if index < self.adapt_steps:
+        if 0 <= index < self.adapt_steps:
             step_size = torch.exp(
                 torch.log(step_size)
                 + self.adaptation_rate * (acceptance_prob - self.target_acceptance)

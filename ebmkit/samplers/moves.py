@@ -62,7 +62,8 @@ def metropolis_accept(
     Returns:
         (accepted (B,) bool, acceptance probability min(1, exp(log_ratio)) (B,)).
     """
-    log_ratio = torch.nan_to_num(log_ratio, nan=-math.inf)  # a non-finite proposal is rejected
+    # A NaN ratio (non-finite proposal) is rejected; −inf stays −inf, which no draw beats.
+    log_ratio = torch.where(torch.isnan(log_ratio), -math.inf, log_ratio)
     uniform = torch.rand(log_ratio.shape, generator=generator, device=log_ratio.device)
     accepted = torch.log(uniform) < log_ratio
     return accepted, log_ratio.clamp(max=0.0).exp()
