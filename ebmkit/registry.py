@@ -95,8 +95,8 @@ class Registry:
                 f"{self._current_plugin!r}; rename one, or block one with -p no:NAME"
             )
         component = Component(kind, name, factory, self._current_plugin)
-        self._components[kind][name] = component
         _register_with_gin(component)
+        self._components[kind][name] = component
 
     def get(self, kind: str, name: str) -> Component:
         """The component `name` of `kind`; unknown names list what is registered."""
@@ -128,7 +128,9 @@ class Registry:
 
     def _collect(self, manager: pluggy.PluginManager) -> None:
         """Call each plugin's `ebmkit_register` with the registry, attributing what it adds."""
-        for impl in reversed(manager.hook.ebmkit_register.get_hookimpls()):
+        # Registration order: the built-in plugin first, so a plugin reusing a built-in name
+        # is the one reported broken.
+        for impl in manager.hook.ebmkit_register.get_hookimpls():
             self._current_plugin = impl.plugin_name
             try:
                 impl.function(**{arg: self for arg in impl.argnames})

@@ -211,6 +211,7 @@ def run_experiment(
     finally:
         if observer._progress is not None:
             observer._progress.close()
+        observer.logger.close()
     return {
         "run_dir": str(run_dir),
         "rounds": trainer.round_index,

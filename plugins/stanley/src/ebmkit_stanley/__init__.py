@@ -1,0 +1,27 @@
+r"""STANLEY / AniLA (Karimi, Xie & Li, arXiv:2310.12667) as an ebmkit plugin."""
+
+from ebmkit_stanley.kernel import (
+    LEGACY_NOISE_SCALE,
+    REDUCTIONS,
+    Stanley,
+    StanleyState,
+    anisotropic_step_size,
+    gradient_magnitude,
+    metropolis_log_ratio,
+    proposal_log_prob,
+    proposal_mean,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LEGACY_NOISE_SCALE",
+    "REDUCTIONS",
+    "Stanley",
+    "StanleyState",
+    "anisotropic_step_size",
+    "gradient_magnitude",
+    "metropolis_log_ratio",
+    "proposal_log_prob",
+    "proposal_mean",
+]
