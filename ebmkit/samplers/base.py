@@ -72,11 +72,11 @@ class MarkovKernel:
             raise TypeError(f"chains must start from a floating-point tensor, got {x0.dtype}")
         state = self.init(x0.detach(), energy)
         n_grad_evals = 1
-        trace = x0.new_empty(n_steps)
+        energy_means: list[Tensor] = []
         acceptance_sum: Tensor | None = None
         step_size = torch.as_tensor(getattr(self, "step_size", float("nan")))
         for index in range(n_steps):
-            trace[index] = state.energy.mean()
+            energy_means.append(state.energy.mean())
             state, info = self._transition(
                 state, energy, index, n_steps, generator, final=index == n_steps - 1
             )
@@ -93,6 +93,6 @@ class MarkovKernel:
             state=state,
             acceptance_rate=None if acceptance_sum is None else acceptance_sum / n_steps,
             n_grad_evals=n_grad_evals,
-            energy_trace=trace,
+            energy_trace=torch.stack(energy_means) if energy_means else x0.new_empty(0),
             step_size=step_size,
         )
