@@ -268,7 +268,7 @@ def test_mala_finds_mixture_weights_from_far_away() -> None:
     x0 = torch.full((20_000, 1), -6.0, dtype=F64)
     sampler = MALA(step_size=0.2)
     early = sampler.sample(OVERLAPPING.energy, x0, 5, generator=generator).x
-    assert (early < 0).double().mean() > 0.9
+    assert (early < 0).double().mean() > 0.8  # 0.92 here; the target is 0.274
     late = sampler.sample(OVERLAPPING.energy, x0, 300, generator=generator).x
     assert OVERLAPPING.cdf(0.0) == pytest.approx(0.2739, abs=1e-4)
     assert_cdf(late, OVERLAPPING, (-1.0, 0.0, 1.0))
@@ -423,8 +423,12 @@ def test_langevin_without_noise_is_gradient_descent() -> None:
     x0 = torch.randn(5, 2, dtype=F64)
     h, n = 0.1, 12
     sampler = Langevin(step_size=h, noise_scale=0.0)
-    x = sampler.sample(lambda x: 0.5 * x.square().sum(1), x0, n).x
-    torch.testing.assert_close(x, (1 - h) ** n * x0, rtol=1e-13, atol=0)
+    result = sampler.sample(lambda x: 0.5 * x.square().sum(1), x0, n)
+    torch.testing.assert_close(result.x, (1 - h) ** n * x0, rtol=1e-13, atol=0)
+    # The trace is the mean energy at the start of each step: ½|x0|²·(1 − h)^(2k).
+    factors = (1 - h) ** (2 * torch.arange(n, dtype=F64))
+    expected_trace = 0.5 * x0.square().sum(1).mean() * factors
+    torch.testing.assert_close(result.energy_trace, expected_trace, rtol=1e-13, atol=0)
 
     expected = x0.clone()
     for _ in range(n):  # E = Σ x⁴/4 + x₀x₁, ∇E = x³ + (x₁, x₀)
@@ -534,12 +538,9 @@ def test_metropolis_accept_rate_matches_probability() -> None:
     assert abs(accepted.double().mean().item() - 0.3) < Z * se
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG moves.py metropolis_accept: nan_to_num turns −inf into −3.4e38, so a "
-    "uniform draw of exactly 0 (prob. 2⁻²⁴ per float32 draw) accepts an impossible move",
-)
 def test_metropolis_accept_never_takes_a_zero_probability_move(monkeypatch) -> None:
+    """A uniform draw of exactly 0 (probability 2⁻²⁴ per float32 draw) must not accept a move
+    whose log-ratio is −inf (e.g. a proposal with infinite energy)."""
     torch.manual_seed(0)
     monkeypatch.setattr(moves.torch, "rand", lambda *args, **kwargs: torch.zeros(args[0]))
     accepted, prob = metropolis_accept(torch.full((4,), -math.inf))
@@ -559,17 +560,13 @@ def test_diagonal_gaussian_log_prob_matches_torch_normal() -> None:
     torch.testing.assert_close(diagonal_gaussian_log_prob(y, mean, per_chain), expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG mala.py MALA.step: it calls _transition with index 0 every time, so a "
-    "chain driven by init + step keeps adapting its step size forever",
-)
-def test_mala_step_stops_adapting_after_adapt_steps() -> None:
+def test_lone_mala_step_does_not_adapt() -> None:
+    """Adaptation is a burn-in schedule of `sample`; chains driven by init + step keep the
+    sampler's step size, so they stay exact."""
     generator = torch.Generator().manual_seed(0)
     sampler = MALA(step_size=0.05, adapt_steps=3)
     state = sampler.init(GAUSS_2D.sample(50, generator), GAUSS_2D.energy)
-    sizes = []
-    for _ in range(6):
-        state, _ = sampler.step(state, GAUSS_2D.energy, generator=generator)
-        sizes.append(state.step_size)
-    assert torch.equal(sizes[3], sizes[5])
+    for _ in range(5):
+        state, info = sampler.step(state, GAUSS_2D.energy, generator=generator)
+        assert torch.equal(state.step_size, torch.full((50,), 0.05, dtype=F64))
+        assert 0 < info.acceptance_prob.mean() < 1
