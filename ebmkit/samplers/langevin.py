@@ -63,12 +63,9 @@ class Langevin(MarkovKernel):
         default=None, converter=attrs.converters.optional(tuple), validator=_check_clamp
     )
 
-    _step_size_tensor: torch.Tensor = attrs.field(init=False, repr=False, eq=False)
-
     def __attrs_post_init__(self) -> None:
         if self.noise_scale is None:
             self.noise_scale = ula_noise_scale(self.step_size)
-        self._step_size_tensor = torch.tensor(self.step_size)
 
     def init(self, x: Tensor, energy: Energy) -> ChainState:
         """Chains at `x` with E and ∇E cached."""
@@ -105,7 +102,7 @@ class Langevin(MarkovKernel):
         info = StepInfo(
             acceptance_prob=None,
             accepted=None,
-            step_size=self._step_size_tensor,
+            step_size=torch.as_tensor(self.step_size),
             n_grad_evals=n_grad_evals,
         )
         return new_state, info
