@@ -254,3 +254,13 @@ def test_data_bad_arguments_raise(kwargs: dict) -> None:
     torch.manual_seed(0)
     with pytest.raises(ValueError):
         Data(**kwargs)
+
+
+def test_replay_refuses_a_buffer_of_another_chain_shape_and_copies_what_it_loads():
+    replay = Replay(noise=Noise(shape=(2,)), capacity=8)
+    with pytest.raises(ValueError, match=r"Noise.shape = \(2,\)"):
+        replay.load_state_dict({"buffer": torch.zeros(8, 3)})
+    stored = torch.zeros(8, 2)
+    replay.load_state_dict({"buffer": stored})
+    stored.add_(1.0)
+    assert torch.equal(replay.buffer, torch.zeros(8, 2))

@@ -570,3 +570,9 @@ def test_lone_mala_step_does_not_adapt() -> None:
         state, info = sampler.step(state, GAUSS_2D.energy, generator=generator)
         assert torch.equal(state.step_size, torch.full((50,), 0.05, dtype=F64))
         assert 0 < info.acceptance_prob.mean() < 1
+
+
+def test_mala_zero_steps_reports_per_chain_step_sizes() -> None:
+    result = MALA(step_size=0.1).sample(GAUSS_2D.energy, torch.zeros(5, 2, dtype=F64), 0)
+    assert result.step_size.shape == (5,)
+    assert torch.equal(result.x, torch.zeros(5, 2, dtype=F64))

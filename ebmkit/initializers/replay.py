@@ -69,4 +69,9 @@ class Replay:
                 f"the checkpoint's replay buffer holds {buffer.shape[0]} chains but this "
                 f"config has Replay.capacity = {self.capacity}; use the same capacity to resume"
             )
-        self.buffer = buffer
+        if buffer is not None and tuple(buffer.shape[1:]) != self.noise.shape:
+            raise ValueError(
+                f"the checkpoint's replay buffer holds chains of shape {tuple(buffer.shape[1:])} "
+                f"but this config has Noise.shape = {self.noise.shape}; use the same shape"
+            )
+        self.buffer = None if buffer is None else buffer.clone()

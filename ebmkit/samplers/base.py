@@ -74,7 +74,11 @@ class MarkovKernel:
         n_grad_evals = 1
         energy_means: list[Tensor] = []
         acceptance_sum: Tensor | None = None
-        step_size = torch.as_tensor(getattr(self, "step_size", float("nan")))
+        step_size = (
+            state.step_size
+            if state.step_size is not None
+            else torch.as_tensor(getattr(self, "step_size", float("nan")))
+        )
         for index in range(n_steps):
             energy_means.append(state.energy.mean())
             state, info = self._transition(
