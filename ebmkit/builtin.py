@@ -6,6 +6,7 @@ import torch
 
 import gin
 from ebmkit.data import images
+from ebmkit.data.digits import digits
 from ebmkit.data.toy import TOY_DATASETS
 from ebmkit.energies.conv import ConvEnergy
 from ebmkit.energies.mlp import MLPEnergy
@@ -61,7 +62,7 @@ IMAGE_DATASETS = {
     "Flowers102": images.flowers102,
     "MNIST": images.mnist,
     "ImageFolder": images.image_folder,
-    "Digits": images.digits,
+    "Digits": digits,
 }
 
 
