@@ -3,7 +3,6 @@ r"""Plain records passed between components: chain states, step diagnostics, sam
 from __future__ import annotations
 
 import attrs
-import torch
 from torch import Tensor
 
 __all__ = ["ChainState", "InitBatch", "Round", "SampleResult", "StepInfo"]
@@ -110,10 +109,3 @@ class Round:
     def energy_gap(self) -> Tensor:
         """Mean energy of model samples minus mean energy of data (≥ 0 early in training)."""
         return self.energy_model.mean() - self.energy_data.mean()
-
-
-def as_tensor(value: float | Tensor, like: Tensor) -> Tensor:
-    """`value` as a tensor on `like`'s device and dtype (a step size given as a float, say)."""
-    if isinstance(value, Tensor):
-        return value.to(device=like.device, dtype=like.dtype)
-    return torch.as_tensor(value, device=like.device, dtype=like.dtype)

@@ -14,7 +14,7 @@ import pluggy
 
 import gin
 from ebmkit import hookspecs
-from ebmkit.errors import PluginLoadError, UnknownComponentError
+from ebmkit.errors import UnknownComponentError
 
 __all__ = [
     "KIND_OF_PLURAL",
@@ -275,11 +275,3 @@ def create(kind: str, name: str, **kwargs: Any) -> Any:
 def components(kind: str | None = None) -> list[Component]:
     """Registered components of `kind` (or all kinds)."""
     return get_registry().components(kind)
-
-
-def plugin_error(info: PluginInfo) -> PluginLoadError:
-    """The error to raise when a config needs a component of a broken plugin."""
-    return PluginLoadError(
-        f"plugin {info.name!r} (distribution {info.distribution} {info.version}) failed to "
-        f"import: {info.error}; fix or reinstall it, or block it with -p no:{info.name}"
-    )

@@ -93,8 +93,13 @@ class RunObserver:
             self._progress.update(1)
 
     def after_fit(self, trainer: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the progress bar and flush the logs (safe to call twice, e.g. after an error)."""
         if self._progress is not None:
             self._progress.close()
+            self._progress = None
         self.logger.close()
 
     def checkpoint(self, trainer: Any) -> Path:
@@ -209,9 +214,7 @@ def run_experiment(
     try:
         trainer.fit(observer)
     finally:
-        if observer._progress is not None:
-            observer._progress.close()
-        observer.logger.close()
+        observer.close()
     return {
         "run_dir": str(run_dir),
         "rounds": trainer.round_index,

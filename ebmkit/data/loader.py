@@ -16,11 +16,6 @@ from ebmkit.initializers.data import first_tensor
 __all__ = ["ResumableLoader"]
 
 
-def _inputs(batch: Any) -> Tensor:
-    """The input tensor of a collated batch: the batch, or x of (x, label)."""
-    return first_tensor(batch)
-
-
 @contextlib.contextmanager
 def _quiet_set_vital() -> Iterator[None]:
     """torchdata 0.11 warns "'set_vital' is deprecated" on every iterator: that one only."""
@@ -73,12 +68,12 @@ class ResumableLoader:
             if self._iterator is None:
                 self._iterator = iter(self._loader)
             try:
-                return _inputs(next(self._iterator))
+                return first_tensor(next(self._iterator))
             except StopIteration:
                 self.epoch += 1
                 self._generator.manual_seed(self.seed + self.epoch)
                 self._iterator = iter(self._loader)
-                return _inputs(next(self._iterator))
+                return first_tensor(next(self._iterator))
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "loader": self._loader.state_dict()}
