@@ -10,6 +10,7 @@ their biased moments at every step follow an exact recursion, computed here in f
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ebmkit.energies.conv import ConvEnergy
-from ebmkit.samplers import moves
+from ebmkit.samplers import langevin, moves
 from ebmkit.samplers.langevin import Langevin
 from ebmkit.samplers.mala import MALA
 from ebmkit.samplers.moves import diagonal_gaussian_log_prob, metropolis_accept
@@ -435,6 +436,29 @@ def test_langevin_without_noise_is_gradient_descent() -> None:
         expected = expected - h * (expected**3 + expected.flip(1))
     x = sampler.sample(lambda x: 0.25 * x.pow(4).sum(1) + x.prod(1), x0, n).x
     torch.testing.assert_close(x, expected, rtol=1e-13, atol=1e-15)
+
+
+def test_langevin_frees_the_previous_gradient_before_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inside `sample` at most one ∇E is alive: the old one is freed before the next is made.
+
+    (A hand loop `(g,) = grad(...)` still holds the old g while computing the new one; ebmkit
+    must hold no more, so its peak memory per step is no worse.)
+    """
+    real = langevin.energy_and_grad
+    earlier: list[weakref.ref[Tensor]] = []
+    alive_at_call: list[int] = []
+
+    def tracking(energy: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+        alive_at_call.append(sum(ref() is not None for ref in earlier))
+        value, grad = real(energy, x)
+        earlier.append(weakref.ref(grad))
+        return value, grad
+
+    monkeypatch.setattr(langevin, "energy_and_grad", tracking)
+    Langevin(step_size=0.1).sample(lambda x: 0.5 * x.square().sum(1), torch.zeros(4, 2), 6)
+    assert alive_at_call == [0] * 6
 
 
 def test_langevin_noise_scale_is_independent_of_step_size() -> None:

@@ -42,6 +42,8 @@ class MarkovKernel:
         """Transition number `index` of `n_steps` in a `sample` run, or −1 for a lone `step`.
 
         `final` allows leaving E/∇E unevaluated at the last point (nothing needs them).
+        Inside `sample` the kernel holds the only reference to `state`, so it may drop it
+        (``del state``) once the proposal is made, freeing the old ∇E before the next one.
         """
         raise NotImplementedError
 
@@ -72,18 +74,28 @@ class MarkovKernel:
             raise TypeError(f"chains must start from a floating-point tensor, got {x0.dtype}")
         state = self.init(x0.detach(), energy)
         n_grad_evals = 1
-        energy_means: list[Tensor] = []
         acceptance_sum: Tensor | None = None
         step_size = (
             state.step_size
             if state.step_size is not None
             else torch.as_tensor(getattr(self, "step_size", float("nan")))
         )
+        # The loop hands each state over to `_transition` (popped from `current`, so no
+        # reference stays here): a kernel that no longer needs the old E/∇E can free them
+        # before it evaluates the next gradient, as a hand-written loop does.
+        # The trace is written into one tensor: a small tensor kept per step would pin heap
+        # blocks between the big activations and make the allocator return/refault pages.
+        energy_trace = state.energy.new_empty(n_steps)
+        current = [state]
+        del state
         for index in range(n_steps):
-            energy_means.append(state.energy.mean())
-            state, info = self._transition(
-                state, energy, index, n_steps, generator, final=index == n_steps - 1
+            torch.mean(current[0].energy, 0, out=energy_trace[index])
+            transition = self._transition(
+                current.pop(), energy, index, n_steps, generator, final=index == n_steps - 1
             )
+            current.append(transition[0])
+            info = transition[1]
+            del transition
             n_grad_evals += info.n_grad_evals
             step_size = info.step_size
             if info.acceptance_prob is not None:
@@ -92,11 +104,12 @@ class MarkovKernel:
                     if acceptance_sum is None
                     else acceptance_sum + info.acceptance_prob
                 )
+        (state,) = current
         return SampleResult(
             x=state.x.detach(),
             state=state,
             acceptance_rate=None if acceptance_sum is None else acceptance_sum / n_steps,
             n_grad_evals=n_grad_evals,
-            energy_trace=torch.stack(energy_means) if energy_means else x0.new_empty(0),
+            energy_trace=energy_trace,
             step_size=step_size,
         )

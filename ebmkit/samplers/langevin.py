@@ -95,6 +95,7 @@ class Langevin(MarkovKernel):
         if state.grad is None:
             state, n_grad_evals = self.init(state.x, energy), 1
         x = self.move(state, generator)
+        del state  # free the old E/∇E before the next gradient (see MarkovKernel.sample)
         if final:  # nothing needs ∇E at the last point: skip that gradient evaluation
             new_state = ChainState(x=x, energy=None, grad=None)
         else:
