@@ -34,7 +34,8 @@ def latest_checkpoint(directory: Path) -> Path | None:
 def save_checkpoint(state: dict[str, Any], directory: Path, round_index: int, keep: int) -> Path:
     """Write `state` as `round-<N>.pt` atomically (temp file + os.replace); keep the last `keep`.
 
-    A crash mid-write leaves the previous checkpoints intact and no partial file behind.
+    A crash mid-write leaves the previous checkpoints intact and no partial file behind; an
+    OSError (disk full, no permission) becomes a CheckpointError saying so.
     """
     if keep < 1:
         raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
@@ -47,6 +48,12 @@ def save_checkpoint(state: dict[str, Any], directory: Path, round_index: int, ke
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
+    except OSError as error:  # disk full, permissions, a vanished folder: say what is safe
+        Path(temporary).unlink(missing_ok=True)
+        raise CheckpointError(
+            f"could not write checkpoint {path} ({error}); the checkpoints already in "
+            f"{directory} are intact. Free space or fix the folder, then continue with --resume"
+        ) from error
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
