@@ -254,6 +254,7 @@ class Stanley(MarkovKernel):
             return self._metropolis(state, proposal, energy, generator, n_grad_evals, mean_step)
         if self.clamp is not None:
             proposal = proposal.clamp(*self.clamp)
+        del state, x, grad, gamma, noise  # free the old ∇E and Γ before the next gradient
         if final:  # nothing needs ∇E at the last point: skip that gradient evaluation
             new_state = ChainState(x=proposal, energy=None, grad=None)
         else:
