@@ -4,24 +4,31 @@ Both sides do the same work: the same energy, the same chains, the same step siz
 the same number of gradient evaluations (n for n steps) and the same random numbers (a run
 of each from the same seed gives the same samples, which is checked before timing).
 
-    .venv/bin/python benchmarks/langevin_overhead.py [--repeats 7] [--steps N] [--quick]
+    .venv/bin/python benchmarks/langevin_overhead.py [--processes 3] [--repeats 7] [--no-trim]
+        [--steps N] [--quick]
 
-Runs are interleaved (hand, ebmkit, hand again, in rotating order) after a warm-up. The
-table gives the median milliseconds per step of each; ratio = hand / ebmkit (>= 0.98: ebmkit
-adds <= 2 %); the median and interquartile range of the per-repeat (paired) ratios; an A/A
-ratio (the hand loop against a second run of itself: the machine's timing noise); the
-difference of the medians in microseconds per step; the median minor page faults per step of
-each (the allocator handing fresh pages to big temporaries); and the largest difference
-between the two loops' samples. The first row, an almost free energy, measures ebmkit's fixed
-cost per step, which bounds its relative overhead on any real energy. The thread count is
-torch's default (not changed here).
+Each workload runs in `--processes` fresh interpreters, one after another (the allocator's
+luck with where big temporaries land is fixed per process, so it is averaged over several);
+in each, hand, ebmkit and hand again run interleaved in rotating order after a warm-up. The
+table gives the pooled median milliseconds per step of each; ratio = hand / ebmkit (>= 0.98:
+ebmkit adds <= 2 %); the median and interquartile range of the per-repeat (paired) ratios;
+each process's paired median; an A/A ratio (the hand loop against a second run of itself:
+the machine's timing noise); the difference of the medians in microseconds per step; the
+median minor page faults per step of each (glibc handing pages back to the OS and faulting
+them in again; `--no-trim` turns that off in the children); and the largest difference
+between the two loops' samples. The first row, an almost free energy, measures ebmkit's
+fixed cost per step, which bounds its relative overhead on any real energy. The thread count
+is torch's default (not changed here).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -54,6 +61,9 @@ def hand_langevin(f: nn.Module, x0: Tensor, n: int, h: float, s: float) -> Tenso
 
 def ebmkit_langevin(f: nn.Module, x0: Tensor, n: int, h: float, s: float) -> Tensor:
     return Langevin(step_size=h, noise_scale=s).sample(f, x0, n).x
+
+
+LOOPS = {"hand": hand_langevin, "ebmkit": ebmkit_langevin, "again": hand_langevin}
 
 
 @dataclass
@@ -112,13 +122,14 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def measure(work: Workload, repeats: int) -> dict[str, float]:
+def measure(work: Workload, repeats: int) -> dict[str, object]:
+    """One process's interleaved timings: seconds per step and page faults per step of each."""
     torch.manual_seed(0)
     energy = work.make_energy()
     x0 = torch.rand(work.shape) * 2 - 1
     args = (energy, x0, work.steps, work.step_size, work.noise_scale)
 
-    # Same work: from the same seed both loops give the same samples.
+    # Same work: from the same seed both loops give the same samples (this is also the warm-up).
     torch.manual_seed(1)
     reference = hand_langevin(*args)
     torch.manual_seed(1)
@@ -126,29 +137,65 @@ def measure(work: Workload, repeats: int) -> dict[str, float]:
 
     # Interleaved, in rotating order, so drift in machine speed hits every loop alike; the
     # hand loop runs twice per repeat, and hand / hand again shows the timing noise (A/A).
-    loops = {"hand": hand_langevin, "ebmkit": ebmkit_langevin, "again": hand_langevin}
-    times: dict[str, list[float]] = {name: [] for name in loops}
-    faults: dict[str, list[float]] = {name: [] for name in loops}
+    times: dict[str, list[float]] = {name: [] for name in LOOPS}
+    faults: dict[str, list[float]] = {name: [] for name in LOOPS}
     for repeat in range(repeats):
-        names = list(loops)[repeat % 3 :] + list(loops)[: repeat % 3]
+        names = list(LOOPS)[repeat % 3 :] + list(LOOPS)[: repeat % 3]
         for name in names:
-            seconds, page_faults = timed(loops[name], *args)
+            seconds, page_faults = timed(LOOPS[name], *args)
             times[name].append(seconds / work.steps)
             faults[name].append(page_faults / work.steps)
-    hand, lib, again = (statistics.median(times[name]) for name in loops)
+    return {"times": times, "faults": faults, "diff": difference}
+
+
+def summarize(runs: list[dict[str, object]]) -> dict[str, float | str]:
+    """Pool the repeats of every process: medians, paired ratios with their IQR, A/A."""
+    times = {name: [t for run in runs for t in run["times"][name]] for name in LOOPS}
+    faults = {name: [f for run in runs for f in run["faults"][name]] for name in LOOPS}
+    hand, lib, again = (statistics.median(times[name]) for name in LOOPS)
     paired = [a / b for a, b in zip(times["hand"], times["ebmkit"], strict=True)]
-    low, mid, high = statistics.quantiles(paired, n=4) if repeats > 1 else paired * 3
+    low, mid, high = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+    per_process = [
+        statistics.median(
+            a / b for a, b in zip(run["times"]["hand"], run["times"]["ebmkit"], strict=True)
+        )
+        for run in runs
+    ]
     return {
         "hand": hand,
         "ebmkit": lib,
         "ratio": hand / lib,
         "paired": f"{mid:.3f} ({low:.3f}–{high:.3f})",
+        "processes": " ".join(f"{ratio:.3f}" for ratio in per_process),
         "aa": hand / again,
         "faults": f"{statistics.median(faults['hand']):.0f} / "
         f"{statistics.median(faults['ebmkit']):.0f}",
         "extra": (lib - hand) * 1e6,
-        "diff": difference,
+        "diff": max(run["diff"] for run in runs),
     }
+
+
+def in_fresh_processes(index: int, options: argparse.Namespace) -> list[dict[str, object]]:
+    """Run workload `index` in `options.processes` new interpreters, one after another.
+
+    Where the allocator puts big temporaries (and so how often pages are returned to the OS
+    and faulted back, or land on the same cache sets) is fixed per process and differs
+    between the two loops by luck; pooling several processes averages that luck out.
+    """
+    environment = dict(os.environ)
+    if options.no_trim:  # glibc keeps freed memory: no page returned, none faulted back
+        environment.update(
+            MALLOC_MMAP_THRESHOLD_="4294967296", MALLOC_TRIM_THRESHOLD_="8589934592"
+        )
+    command = [sys.executable, __file__, "--worker", str(index), "--repeats", str(options.repeats)]
+    command += ["--quick"] * options.quick + (
+        ["--steps", str(options.steps)] if options.steps else []
+    )
+    runs = []
+    for _ in range(options.processes):
+        done = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+        runs.append(json.loads(done.stdout.splitlines()[-1]))
+    return runs
 
 
 def cpu_name() -> str:
@@ -174,31 +221,45 @@ def load_average() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of each loop")
+    parser.add_argument("--processes", type=int, default=3, help="fresh interpreters per workload")
     parser.add_argument("--steps", type=int, default=None, help="Langevin steps per run")
     parser.add_argument("--quick", action="store_true", help="tiny workloads (smoke test)")
+    parser.add_argument(
+        "--no-trim", action="store_true", help="glibc keeps freed memory (MALLOC_*_THRESHOLD_)"
+    )
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
-    repeats = 2 if options.quick and options.repeats == 7 else options.repeats
+    if options.quick and options.repeats == 7:
+        options.repeats = 2
+    work_list = workloads(options.quick, options.steps)
+    if options.worker is not None:  # a child: time one workload, print its raw numbers
+        print(json.dumps(measure(work_list[options.worker], options.repeats)))
+        return
 
     print(f"device: cpu ({cpu_name()})")
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}, {platform.platform()}")
     print(f"threads: torch.get_num_threads() = {torch.get_num_threads()}")
-    print(f"repeats: {repeats} interleaved hand/ebmkit/hand runs after a warm-up run of each")
+    print(
+        f"per workload: {options.processes} fresh processes × {options.repeats} interleaved "
+        f"hand/ebmkit/hand runs after a warm-up; allocator: "
+        f"{'glibc, trimming off' if options.no_trim else 'glibc defaults'}"
+    )
     print(f"load average (1 min) at start: {load_average()}\n")
     header = (
         "| workload | chains | steps | hand ms/step | ebmkit ms/step | ratio hand/ebmkit "
-        "| paired ratio (IQR) | A/A hand/hand | ebmkit − hand µs/step "
+        "| paired ratio (IQR) | per process | A/A hand/hand | ebmkit − hand µs/step "
         "| page faults/step hand / ebmkit | max abs diff |"
     )
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
-    for work in workloads(options.quick, options.steps):
-        result = measure(work, repeats)
+    for index, work in enumerate(work_list):
+        result = summarize(in_fresh_processes(index, options))
         chains = "×".join(str(size) for size in work.shape)
         print(
             f"| {work.name} | {chains} | {work.steps} | {1e3 * result['hand']:.3f} "
             f"| {1e3 * result['ebmkit']:.3f} | {result['ratio']:.3f} | {result['paired']} "
-            f"| {result['aa']:.3f} | {result['extra']:+.1f} | {result['faults']} "
-            f"| {result['diff']:.1e} |",
+            f"| {result['processes']} | {result['aa']:.3f} | {result['extra']:+.1f} "
+            f"| {result['faults']} | {result['diff']:.1e} |",
             flush=True,
         )
     print(f"\nload average (1 min) at end: {load_average()}")
