@@ -9,7 +9,15 @@ from torch import Tensor
 
 from ebmkit.records import ChainState, InitBatch, Round, SampleResult, StepInfo
 
-__all__ = ["Energy", "Initializer", "Learnable", "Sampler", "Stateful", "Trainer"]
+__all__ = [
+    "Energy",
+    "Initializer",
+    "Learnable",
+    "Sampler",
+    "Stateful",
+    "StepScalable",
+    "Trainer",
+]
 
 
 @runtime_checkable
@@ -40,6 +48,15 @@ class Sampler(Protocol):
 
     def sample(self, energy: Energy, x0: Tensor, n_steps: int | None = None) -> SampleResult:
         """Run `n_steps` transitions from `x0` (default `self.n_steps`)."""
+        ...
+
+
+@runtime_checkable
+class StepScalable(Protocol):
+    """A sampler whose step can be shrunk in place, e.g. when a run rolls back a divergence."""
+
+    def scale_step_size(self, factor: float) -> None:
+        """Multiply the step size by `factor` (> 0), keeping the chains' temperature."""
         ...
 
 

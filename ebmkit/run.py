@@ -3,6 +3,7 @@ r"""A run: build the experiment from gin, train with logging, pictures and exact
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +18,10 @@ import gin
 from ebmkit.checkpoint.files import latest_checkpoint, load_checkpoint, save_checkpoint
 from ebmkit.checkpoint.rng import get_rng_state, seed_everything, set_rng_state
 from ebmkit.config import parse_config, set_rounds
-from ebmkit.errors import CheckpointError, ConfigError
+from ebmkit.errors import CheckpointError, ConfigError, DivergenceError
 from ebmkit.logging.images import log_data_grid, log_energy_histograms
 from ebmkit.logging.run_logger import RunLogger
+from ebmkit.protocols import StepScalable
 from ebmkit.records import Round
 
 __all__ = ["Experiment", "RunObserver", "run_experiment"]
@@ -38,6 +40,11 @@ class Experiment:
         sample_every: rounds between sample pictures.
         checkpoint_every: rounds between checkpoints (one is always written at the end).
         keep_checkpoints: how many of the newest checkpoints to keep.
+        on_divergence: "stop" (the run ends with the guard's message) or "rollback" (reload
+            the newest checkpoint, shrink the sampler's step by `rollback_factor`, go on).
+        rollback_factor: the step-size factor of each rollback, in (0, 1); the noise shrinks
+            by its square root, so the chains' temperature stays as configured.
+        max_rollbacks: rollbacks allowed in a run; one more divergence then stops it.
     """
 
     trainer: Any = gin.REQUIRED
@@ -47,6 +54,15 @@ class Experiment:
     sample_every: int = attrs.field(default=100, validator=attrs.validators.ge(1))
     checkpoint_every: int = attrs.field(default=100, validator=attrs.validators.ge(1))
     keep_checkpoints: int = attrs.field(default=3, validator=attrs.validators.ge(1))
+    on_divergence: str = attrs.field(
+        default="stop", validator=attrs.validators.in_(("stop", "rollback"))
+    )
+    rollback_factor: float = attrs.field(
+        default=0.5,
+        converter=float,
+        validator=[attrs.validators.gt(0.0), attrs.validators.lt(1.0)],
+    )
+    max_rollbacks: int = attrs.field(default=3, validator=attrs.validators.ge(1))
 
 
 def _is_toy(dataset: Any) -> bool:
@@ -65,11 +81,20 @@ class RunObserver:
         self._clock = time.perf_counter()
         self._rounds_since_log = 0
         self._progress: tqdm | None = None
+        self._introduced = False
+        # Rollbacks so far and their step factor: checkpointed, so a resumed run re-applies
+        # the same multiplications to its freshly built sampler.
+        self.rollbacks = 0
+        self.rollback_factor = experiment.rollback_factor
 
     def before_fit(self, trainer: Any) -> None:
-        self.logger.text("operative_config", "```\n" + self.operative_config + "\n```")
-        if trainer.round_index == 0:
-            log_data_grid(self.logger, trainer.dataset, self.run_dir / "samples")
+        if not self._introduced:  # fit runs again after a rollback: log these once
+            self.logger.text("operative_config", "```\n" + self.operative_config + "\n```")
+            if trainer.round_index == 0:
+                log_data_grid(self.logger, trainer.dataset, self.run_dir / "samples")
+            self._introduced = True
+        if self._progress is not None:
+            self._progress.close()
         self._progress = tqdm(
             total=trainer.n_rounds, initial=trainer.round_index, desc="rounds", mininterval=1
         )
@@ -106,12 +131,27 @@ class RunObserver:
         state = trainer.state_dict()
         state["rng"] = get_rng_state()
         state["operative_config"] = self.operative_config
+        state["divergence"] = {"rollbacks": self.rollbacks, "factor": self.rollback_factor}
         return save_checkpoint(
             state,
             self.run_dir / "checkpoints",
             trainer.round_index,
             self.experiment.keep_checkpoints,
         )
+
+    def rolled_back(self, trainer: Any, error: DivergenceError, checkpoint: Path) -> str:
+        """Count a rollback and say what happened (stderr and tensorboard); the message."""
+        self.rollbacks += 1
+        cause = str(error).split(";")[0]  # "round N: non-finite …" without "training stopped"
+        message = (
+            f"ebmkit: {cause}: rolled back to round {trainer.round_index} "
+            f"({checkpoint.name}); sampler step size ×{self.rollback_factor:g} → "
+            f"{trainer.sampler.step_size:.4g} (rollback {self.rollbacks} of "
+            f"{self.experiment.max_rollbacks})"
+        )
+        tqdm.write(message, file=sys.stderr)
+        self.logger.text("divergence", message, step=error.round_index)
+        return message
 
     def _log_scalars(self, trainer: Any, round: Round) -> None:
         elapsed = time.perf_counter() - self._clock
@@ -199,10 +239,14 @@ def run_experiment(
         raise ConfigError(f"in config {config}: {error}") from error
     trainer = experiment.trainer
     operative_config = gin.operative_config_str()
+    if experiment.on_divergence == "rollback":
+        _check_rollback_possible(trainer.sampler, config)
+    rollbacks = (0, experiment.rollback_factor)
     if state is not None:
         try:
             trainer.load_state_dict(state)
             set_rng_state(state["rng"])
+            rollbacks = _replay_rollbacks(trainer, state.get("divergence")) or rollbacks
         except (ValueError, RuntimeError, KeyError) as error:
             raise CheckpointError(
                 f"checkpoint {checkpoint} does not fit this config ({type(error).__name__}: "
@@ -211,8 +255,11 @@ def run_experiment(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "operative_config.gin").write_text(operative_config)
     observer = RunObserver(experiment, run_dir, operative_config)
+    observer.rollbacks, observer.rollback_factor = rollbacks
     try:
-        trainer.fit(observer)
+        if experiment.on_divergence == "rollback" and state is None:
+            observer.checkpoint(trainer)  # round 0: a divergence in the first rounds has a target
+        _fit_with_rollbacks(trainer, observer, run_dir / "checkpoints")
     finally:
         observer.close()
     return {
@@ -220,3 +267,64 @@ def run_experiment(
         "rounds": trainer.round_index,
         "metrics": {k: v for k, v in observer.final_metrics.items() if not math.isnan(v)},
     }
+
+
+def _check_rollback_possible(sampler: Any, config: Path) -> None:
+    """on_divergence = 'rollback' needs a sampler that can shrink its step: say so up front."""
+    problem = None
+    if not isinstance(sampler, StepScalable):
+        problem = f"{type(sampler).__name__} has no scale_step_size"
+    else:
+        try:
+            sampler.scale_step_size(1.0)  # changes nothing; raises where scaling is impossible
+        except ValueError as error:
+            problem = str(error)
+    if problem is not None:
+        raise ConfigError(
+            f"in config {config}: experiment.on_divergence = 'rollback' shrinks the sampler's "
+            f"step, but {problem}; use a Langevin-type sampler or on_divergence = 'stop'"
+        )
+
+
+def _replay_rollbacks(trainer: Any, record: dict[str, Any] | None) -> tuple[int, float] | None:
+    """Shrink a resumed run's fresh sampler as its rollbacks did (same multiplications).
+
+    Returns the checkpoint's (rollbacks, factor), or None when it records none.
+    """
+    if not record or not record["rollbacks"]:
+        return None
+    if not isinstance(trainer.sampler, StepScalable):
+        raise ValueError(
+            f"the run rolled back {record['rollbacks']} time(s) and shrank its sampler's step, "
+            f"but {type(trainer.sampler).__name__} cannot scale its step"
+        )
+    for _ in range(record["rollbacks"]):
+        trainer.sampler.scale_step_size(record["factor"])
+    return record["rollbacks"], record["factor"]
+
+
+def _fit_with_rollbacks(trainer: Any, observer: RunObserver, checkpoints: Path) -> None:
+    """`trainer.fit`; under on_divergence = 'rollback', reload and shrink the step on a NaN."""
+    experiment = observer.experiment
+    while True:
+        try:
+            trainer.fit(observer)
+            return
+        except DivergenceError as error:
+            if experiment.on_divergence != "rollback":
+                raise
+            if observer.rollbacks >= experiment.max_rollbacks:
+                raise DivergenceError(
+                    f"{error} [after {observer.rollbacks} rollback(s), step size "
+                    f"{trainer.sampler.step_size:.4g}; raise experiment.max_rollbacks or "
+                    f"lower the learning rate]",
+                    error.round_index,
+                ) from error
+            newest = latest_checkpoint(checkpoints)
+            if newest is None:  # removed by hand during the run
+                raise
+            state = load_checkpoint(newest)
+            trainer.load_state_dict(state)
+            set_rng_state(state["rng"])
+            trainer.sampler.scale_step_size(observer.rollback_factor)
+            observer.rolled_back(trainer, error, newest)

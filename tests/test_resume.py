@@ -378,7 +378,7 @@ def test_loading_a_bad_checkpoint_names_the_file(tmp_path: Path, content: bytes 
 
 NAN_MODULE = "ebmkit_test_nan_energy_plugin"
 NAN_SOURCE = '''
-    """A test plugin: an MLP energy whose outputs in the loss turn NaN in a chosen round."""
+    """A test plugin: MLP energies that go NaN in a chosen round, or are too stiff for a step."""
     import torch
 
     import ebmkit
@@ -407,15 +407,27 @@ NAN_SOURCE = '''
             return energy
 
 
+    class Stiff(MLPEnergy):
+        """MLP energy plus ½·stiffness·|x|²: Langevin with a step above 2/stiffness explodes."""
+
+        def __init__(self, stiffness=100.0, in_features=2, hidden=(16, 16)):
+            super().__init__(in_features=in_features, hidden=hidden)
+            self.stiffness = stiffness
+
+        def forward(self, x):
+            return super().forward(x) + 0.5 * self.stiffness * x.flatten(1).square().sum(1)
+
+
     @ebmkit.hookimpl
     def ebmkit_register(registry):
         registry.add("energy", "NaNAfter", NaNAfter)
+        registry.add("energy", "Stiff", Stiff)
 '''
 
 
 @pytest.fixture(scope="module")
 def nan_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The NaNAfter energy as an installed plugin distribution (entry point `nantest`)."""
+    """NaNAfter and Stiff as an installed plugin distribution (entry point `nantest`)."""
     site = tmp_path_factory.mktemp("nan_site")
     info = site / f"{NAN_MODULE}-0.1.dist-info"
     info.mkdir()
@@ -485,3 +497,81 @@ def test_an_energy_gap_beyond_its_bound_stops_the_first_round(tmp_path: Path) ->
     ), message
     assert not (out / "checkpoints").exists()
     assert not (out / "metrics.jsonl").exists()
+
+
+# -- rolling back a divergence ---------------------------------------------------------------
+
+ROLLBACK_LINES = [
+    "samplers.Langevin.step_size = 0.05",  # 5 × 2/stiffness: each step multiplies |x| by 4
+    "trainers.Contrastive.max_energy_gap = 1000.0",
+    "experiment.on_divergence = 'rollback'",
+]
+
+
+def test_rollback_shrinks_the_step_until_the_run_is_stable(
+    nan_plugin: None, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, "stiff.gin", toy_lines(energy="Stiff") + ROLLBACK_LINES)
+    out = tmp_path / "run"
+    status, _, err = run_cli(["run", str(config), "--out", str(out), "--rounds", "4"])
+    assert status == 0, err
+    # step 0.05 (factor 1 − 5 = −4 per step) and 0.025 (−1.5) explode; 0.0125 (−0.25) is stable
+    assert err.count("rolled back to round 0 (round-00000000.pt)") == 2
+    assert "step size ×0.5 → 0.025 (rollback 1 of 3)" in err
+    assert "step size ×0.5 → 0.0125 (rollback 2 of 3)" in err
+    assert "round 1: energy gap" in err and "ebmkit: error" not in err
+    final = load_checkpoint(out / "checkpoints" / "round-00000004.pt")
+    assert final["divergence"] == {"rollbacks": 2, "factor": 0.5}
+    accumulator = EventAccumulator(str(out / "tb"))
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Scalars("energy/gap")] == [1, 2, 3, 4]
+
+
+def test_a_resumed_rolled_back_run_keeps_the_smaller_step_bit_for_bit(
+    nan_plugin: None, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, "stiff.gin", toy_lines(energy="Stiff") + ROLLBACK_LINES)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert run_cli(["run", str(config), "--out", str(whole), "--rounds", "6"])[0] == 0
+    assert run_cli(["run", str(config), "--out", str(parts), "--rounds", "3"])[0] == 0
+    status, _, err = run_cli(
+        ["run", str(config), "--out", str(parts), "--rounds", "6", "--resume"]
+    )
+    assert status == 0, err
+    assert "rolled back" not in err  # the resumed run starts with step 0.0125 already
+    final = "checkpoints/round-00000006.pt"
+    assert first_difference(load_checkpoint(whole / final), load_checkpoint(parts / final)) is None
+
+
+def test_rollback_gives_up_after_max_rollbacks(nan_plugin: None, tmp_path: Path) -> None:
+    lines = toy_lines(energy="NaNAfter") + [
+        "energies.NaNAfter.nan_round = 3",
+        "experiment.on_divergence = 'rollback'",
+        "experiment.max_rollbacks = 2",
+    ]
+    config = write_config(tmp_path, "nan.gin", lines)
+    out = tmp_path / "run"
+    status, stdout, err = run_cli(["run", str(config), "--out", str(out)])
+    assert (status, stdout) == (1, "")
+    assert err.count("rolled back to round 2 (round-00000002.pt)") == 2
+    assert err.count("ebmkit: error:") == 1 and "Traceback" not in err
+    message = err[err.index("ebmkit: error: ") :]
+    assert "non-finite sample energy" in message
+    assert "after 2 rollback(s), step size 0.0025; raise experiment.max_rollbacks" in message
+    assert latest_checkpoint(out / "checkpoints").name == "round-00000002.pt"
+
+
+def test_rollback_needs_a_sampler_that_can_shrink_its_step(
+    nan_plugin: None, tmp_path: Path
+) -> None:
+    lines = toy_lines() + [
+        "experiment.on_divergence = 'rollback'",
+        "trainers.Contrastive.sampler = @samplers.Stanley()",
+        "samplers.Stanley.legacy_code = True",
+    ]
+    config = write_config(tmp_path, "legacy.gin", lines)
+    status, _, err = run_cli(["run", str(config), "--out", str(tmp_path / "run")])
+    assert status == 1
+    assert "on_divergence = 'rollback' shrinks the sampler's step, but" in err
+    assert "legacy_code=True has no step size in its drift" in err
+    assert not (tmp_path / "run").exists()

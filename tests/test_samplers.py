@@ -600,3 +600,24 @@ def test_mala_zero_steps_reports_per_chain_step_sizes() -> None:
     result = MALA(step_size=0.1).sample(GAUSS_2D.energy, torch.zeros(5, 2, dtype=F64), 0)
     assert result.step_size.shape == (5,)
     assert torch.equal(result.x, torch.zeros(5, 2, dtype=F64))
+
+
+@pytest.mark.parametrize("kind", ["Langevin", "MALA"])
+def test_scale_step_size_keeps_the_temperature(kind: str) -> None:
+    """h ← f·h and σ ← sqrt(f)·σ: ULA's σ = sqrt(2h) stays exact, a set-apart σ keeps σ²/2h."""
+    make = {"Langevin": Langevin, "MALA": MALA}[kind]
+    default = make(step_size=0.02)
+    default.scale_step_size(0.5)
+    assert default.step_size == 0.01
+    if kind == "Langevin":  # its default noise is filled in at construction
+        assert default.noise_scale == pytest.approx(math.sqrt(2 * 0.01), rel=1e-15)
+    else:  # MALA keeps None: sqrt(2h) from the current h
+        assert default.noise_scale is None
+    apart = make(step_size=1.0, noise_scale=0.01)
+    apart.scale_step_size(0.25)
+    assert (apart.step_size, apart.noise_scale) == (0.25, 0.005)
+    apart.scale_step_size(1.0)
+    assert (apart.step_size, apart.noise_scale) == (0.25, 0.005)
+    for bad in (0.0, -0.5, math.inf, math.nan):
+        with pytest.raises(ValueError, match="finite and > 0"):
+            apart.scale_step_size(bad)

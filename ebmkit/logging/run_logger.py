@@ -40,8 +40,8 @@ class RunLogger:
         """A (3, H, W) image in [0, 1]."""
         self.writer.add_image(tag, image, round_index)
 
-    def text(self, tag: str, text: str) -> None:
-        self.writer.add_text(tag, text)
+    def text(self, tag: str, text: str, step: int | None = None) -> None:
+        self.writer.add_text(tag, text, global_step=step)
 
     def close(self) -> None:
         self.writer.flush()

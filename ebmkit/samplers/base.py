@@ -2,6 +2,8 @@ r"""The chain loop every kernel shares: `sample` runs `init` then `n_steps` tran
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -19,9 +21,22 @@ class MarkovKernel:
     """
 
     n_steps: int
+    step_size: float
 
     def init(self, x: Tensor, energy: Energy) -> ChainState:
         raise NotImplementedError
+
+    def scale_step_size(self, factor: float) -> None:
+        """Step size h ← factor·h and noise σ ← sqrt(factor)·σ (when set apart from h).
+
+        σ²/(2h), the temperature the chains sample at, stays as configured: ULA's default
+        σ = sqrt(2h) stays exact, an SGLD-style (h, σ) pair keeps its ratio.
+        """
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"a step-size factor must be finite and > 0, got {factor}")
+        self.step_size = self.step_size * factor
+        if getattr(self, "noise_scale", None) is not None:
+            self.noise_scale = self.noise_scale * math.sqrt(factor)
 
     def step(
         self, state: ChainState, energy: Energy, *, generator: torch.Generator | None = None

@@ -522,3 +522,19 @@ def test_stanley_rings_config_runs(tmp_path: Path) -> None:
 def test_docstring_examples_run() -> None:
     failures, tried = doctest.testmod(kernel_module, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
+
+
+def test_scale_step_size_shrinks_gamma_and_noise_together() -> None:
+    """ε ← f·ε scales Γ(x) by f and its noise Γ^(1/2) by sqrt(f); legacy_code refuses."""
+    sampler = Stanley(step_size=1.0, th=0.1, reduce="elementwise")
+    grad = torch.tensor([[0.05, 0.5, -2.0]], dtype=torch.float64)
+    before = sampler.step_sizes(grad)
+    sampler.scale_step_size(0.25)
+    assert sampler.step_size == 0.25
+    torch.testing.assert_close(sampler.step_sizes(grad), 0.25 * before, rtol=1e-15, atol=0)
+    torch.testing.assert_close(
+        sampler._noise_std(sampler.step_sizes(grad)), 0.5 * before.sqrt(), rtol=1e-15, atol=0
+    )
+    legacy = Stanley(legacy_code=True)
+    with pytest.raises(ValueError, match="legacy_code=True has no step size in its drift"):
+        legacy.scale_step_size(0.5)

@@ -202,6 +202,19 @@ class Stanley(MarkovKernel):
         if self.legacy_code and self.noise_scale is None:
             self.noise_scale = LEGACY_NOISE_SCALE
 
+    def scale_step_size(self, factor: float) -> None:
+        """ε ← factor·ε, so Γ(x) and the noise Γ^(1/2) shrink together (same temperature).
+
+        The legacy update has no step in its drift (x − ∇E + Γσξ), so it refuses.
+        """
+        if self.legacy_code:
+            raise ValueError(
+                "samplers.Stanley with legacy_code=True has no step size in its drift "
+                "(x − ∇E(x) + Γ(x)σξ), so shrinking it cannot calm a divergence; use the "
+                "paper's update (legacy_code=False) or experiment.on_divergence = 'stop'"
+            )
+        super().scale_step_size(factor)
+
     def step_sizes(self, grad: Tensor) -> Tensor:
         """Γ(x) from ∇E(x) with this sampler's settings, shaped like `grad`."""
         return anisotropic_step_size(grad, self.step_size, self.th, self.reduce)
