@@ -14,7 +14,15 @@ from ebmkit.errors import (
     UnknownComponentError,
 )
 from ebmkit.hookspecs import hookimpl
-from ebmkit.protocols import Energy, Initializer, Learnable, Sampler, Stateful, Trainer
+from ebmkit.protocols import (
+    Energy,
+    Initializer,
+    Learnable,
+    Sampler,
+    Stateful,
+    StepScalable,
+    Trainer,
+)
 from ebmkit.records import ChainState, InitBatch, Round, SampleResult, StepInfo
 from ebmkit.registry import Registry, components, create, get_registry, reset_registry
 from ebmkit.samplers.base import MarkovKernel
@@ -48,6 +56,7 @@ __all__ = [
     "SampleResult",
     "Sampler",
     "Stateful",
+    "StepScalable",
     "StepInfo",
     "Trainer",
     "UnknownComponentError",
