@@ -41,6 +41,7 @@ def ebmkit_register(registry: Registry) -> None:
     registry.add("metric", "mmd", toy_metrics.mmd)
     registry.add("metric", "sliced_wasserstein", toy_metrics.sliced_wasserstein)
     registry.add("metric", "mode_weights", toy_metrics.mode_weights)
+    registry.add("metric", "log_likelihood", toy_metrics.log_likelihood)
     _register_images(registry)
 
 

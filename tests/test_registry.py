@@ -220,7 +220,7 @@ def test_all_six_toy_datasets_and_the_toy_metrics_are_registered() -> None:
         SIX_TOY_SETS, "ebmkit"
     )
     metrics = {c.name: c.plugin for c in ebmkit.components("metric")}
-    for name in ("grid_kl", "mmd", "sliced_wasserstein", "mode_weights"):
+    for name in ("grid_kl", "mmd", "sliced_wasserstein", "mode_weights", "log_likelihood"):
         assert metrics[name] == "ebmkit"
 
 

@@ -1,4 +1,4 @@
-"""Tests for the toy metrics (grid KL, MMD, sliced Wasserstein, mode weights) and the figure."""
+"""Tests for the toy metrics (grid KL, log-likelihood, MMD, SW, mode weights) and the figure."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from ebmkit.logging.plots import density_figure, save_figure
 from ebmkit.metrics.toy import (
     energy_grid,
     grid_kl,
+    log_likelihood,
+    log_partition,
     mmd,
     mode_weights,
     sliced_wasserstein,
@@ -51,6 +53,18 @@ class QuadraticEnergy(nn.Module):
 def exact_energy(dataset: ToyDataset) -> Callable[[torch.Tensor], torch.Tensor]:
     """The energy -log p_data, whose model density equals the data density."""
     return lambda x: -dataset.log_density(x)
+
+
+class ShiftedEnergy(nn.Module):
+    """E(x) + c for a wrapped energy E: the same model density, another normaliser."""
+
+    def __init__(self, energy: Callable[[torch.Tensor], torch.Tensor], constant: float) -> None:
+        super().__init__()
+        self.energy = energy
+        self.constant = constant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.energy(x) + self.constant
 
 
 # ---------------------------------------------------------------- energy_grid
@@ -129,6 +143,94 @@ def test_grid_kl_refuses_a_cell_centre_on_the_rings_singularity() -> None:
     dataset = Rings(n_samples=10)
     with pytest.raises(ValueError, match="even resolution"):
         grid_kl(exact_energy(dataset), dataset, resolution=51)
+
+
+# ---------------------------------------------------------------- log_likelihood
+
+
+@pytest.mark.parametrize("dataset_class", [EightGaussians, Rings])
+def test_log_likelihood_of_exact_energy_is_the_data_log_density(dataset_class: type) -> None:
+    dataset = dataset_class(n_samples=10)
+    samples = dataset.sample(10000, torch.Generator().manual_seed(11))
+    model = log_likelihood(exact_energy(dataset), dataset, samples)
+    exact = float(dataset.log_density(samples).mean())
+    # Measured gaps: about 2e-8 (EightGaussians) and 4e-9 (Rings); 1e-3 bounds the grid error.
+    assert model == pytest.approx(exact, abs=1e-3)
+    assert abs(log_partition(exact_energy(dataset), dataset)) < 1e-3
+
+
+def test_log_likelihood_draws_fresh_samples_from_the_generator_only() -> None:
+    dataset = EightGaussians(n_samples=10)
+    energy = QuadraticEnergy(1.5)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    drawn = log_likelihood(energy, dataset, n=500, generator=torch.Generator().manual_seed(3))
+    given = log_likelihood(energy, dataset, dataset.sample(500, torch.Generator().manual_seed(3)))
+    default = log_likelihood(energy, dataset, n=500)
+    assert drawn == given
+    assert default == log_likelihood(energy, dataset, n=500) and default != drawn
+    assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("constant", [-40.0, 3.0, 25.0])
+def test_log_likelihood_ignores_a_constant_added_to_the_energy(constant: float) -> None:
+    dataset = EightGaussians(n_samples=10)
+    samples = dataset.sample(2000, torch.Generator().manual_seed(12))
+    for energy in (exact_energy(dataset), QuadraticEnergy(1.5)):  # float64 and float32 energies
+        shifted = ShiftedEnergy(energy, constant)
+        base = log_likelihood(energy, dataset, samples, resolution=100)
+        assert log_likelihood(shifted, dataset, samples, resolution=100) == pytest.approx(
+            base, abs=1e-6
+        )
+
+
+def test_log_likelihood_of_broad_gaussian_is_lower_by_the_kl() -> None:
+    """The gap to the exact energy estimates KL(8 Gaussians || N(0, s^2 I) on the box).
+
+    The closed form is the one of `test_grid_kl_of_broad_gaussian_matches_closed_form`; the
+    per-point gap has a standard deviation of about 1, so 10000 points give a standard error
+    of about 0.01 and the tolerance is 5 of those.
+    """
+    radius, sigma, scale = 2.0, 0.15, 1.5
+    dataset = EightGaussians(n_samples=10, radius=radius, std=sigma)
+    samples = dataset.sample(10000, torch.Generator().manual_seed(13))
+    exact = log_likelihood(exact_energy(dataset), dataset, samples)
+    broad = log_likelihood(QuadraticEnergy(scale), dataset, samples)
+    entropy = math.log(2 * math.pi * math.e * sigma**2) + math.log(8)
+    cross_entropy = math.log(2 * math.pi * scale**2) + (radius**2 + 2 * sigma**2) / (2 * scale**2)
+    log_box_mass = 2 * math.log(math.erf(3.0 / (scale * math.sqrt(2))))
+    assert broad < exact - 2.0
+    assert exact - broad == pytest.approx(cross_entropy - entropy + log_box_mass, abs=0.05)
+
+
+def test_log_likelihood_of_standard_normal_energy_matches_closed_form() -> None:
+    """E = |x|^2 / 2 on Rings' square [-5, 5]^2 is the standard normal up to the box.
+
+    The box holds erf(5 / sqrt 2)^2 of the mass, so log Z = log(2 pi) - 1.1e-6 and the mean
+    log-density of any points is -log(2 pi) - mean |x|^2 / 2 well within 1e-3. The point
+    outside the square is scored the same way, not clipped.
+    """
+    dataset = Rings(n_samples=10)
+    assert dataset.bounds == (-5.0, 5.0)
+    samples = torch.randn(1000, 2, generator=torch.Generator().manual_seed(14))
+    samples = torch.cat((samples, torch.tensor([[6.0, 0.5], [0.0, 0.0]])))
+    expected = -math.log(2 * math.pi) - float((samples.double() ** 2).sum(dim=1).mean()) / 2
+    got = log_likelihood(QuadraticEnergy(1.0), dataset, samples)
+    assert got == pytest.approx(expected, abs=1e-3)
+    assert log_partition(QuadraticEnergy(1.0), dataset) == pytest.approx(
+        math.log(2 * math.pi), abs=1e-3
+    )
+
+
+def test_log_likelihood_rejects_bad_arguments() -> None:
+    dataset = TwoMoons(n_samples=10)
+    energy = QuadraticEnergy(1.0)
+    with pytest.raises(ValueError, match="n must be"):
+        log_likelihood(energy, dataset, n=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        log_likelihood(energy, dataset, torch.zeros(0, 2))
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        log_likelihood(energy, dataset, torch.zeros(4, 3))
 
 
 # ---------------------------------------------------------------- mmd
@@ -244,6 +346,7 @@ def test_toy_metrics_on_exact_model() -> None:
     )
     expected_keys = {"grid_kl", "finite_fraction", "mmd", "sliced_wasserstein"}
     expected_keys |= {f"mode_weight_{k}" for k in range(8)} | {"mode_weight_error"}
+    expected_keys |= {"log_likelihood", "data_log_likelihood"}
     assert set(metrics) == expected_keys
     assert all(isinstance(value, float) for value in metrics.values())
     assert abs(metrics["grid_kl"]) < 1e-6
@@ -251,6 +354,25 @@ def test_toy_metrics_on_exact_model() -> None:
     assert abs(metrics["mmd"]) < 0.01
     assert metrics["sliced_wasserstein"] < 0.1
     assert metrics["mode_weight_error"] < 5 * math.sqrt(0.125 * 0.875 / 2000)
+    assert math.isfinite(metrics["log_likelihood"])
+    assert metrics["log_likelihood"] == pytest.approx(metrics["data_log_likelihood"], abs=1e-3)
+
+
+def test_toy_metrics_log_likelihoods_show_the_gap_and_are_drawn_last() -> None:
+    dataset = GaussianMixture(n_samples=10)
+    samples = dataset.sample(300, torch.Generator().manual_seed(0))
+    energy = QuadraticEnergy(2.0)
+    metrics = toy_metrics(energy, samples, dataset, torch.Generator().manual_seed(2), 40)
+    assert math.isfinite(metrics["log_likelihood"])
+    assert math.isfinite(metrics["data_log_likelihood"])
+    assert metrics["log_likelihood"] < metrics["data_log_likelihood"] - 0.1
+    # The held-out draw comes after the others: dropping it changes no other entry.
+    without = toy_metrics(
+        energy, samples, dataset, torch.Generator().manual_seed(2), 40, n_held_out=0
+    )
+    assert math.isnan(without.pop("log_likelihood"))
+    assert math.isnan(without.pop("data_log_likelihood"))
+    assert without == {k: v for k, v in metrics.items() if "log_likelihood" not in k}
 
 
 def test_toy_metrics_leaves_global_rng_alone_even_with_dropout() -> None:
@@ -298,10 +420,19 @@ def test_toy_metrics_with_no_finite_sample_and_no_mixture() -> None:
     dataset = TwoMoons(n_samples=10)
     samples = torch.full((20, 2), math.nan)
     metrics = toy_metrics(QuadraticEnergy(1.0), samples, dataset, resolution=20)
-    assert set(metrics) == {"grid_kl", "finite_fraction", "mmd", "sliced_wasserstein"}
+    assert set(metrics) == {
+        "grid_kl",
+        "finite_fraction",
+        "mmd",
+        "sliced_wasserstein",
+        "log_likelihood",
+        "data_log_likelihood",
+    }
     assert metrics["finite_fraction"] == 0.0
     assert math.isnan(metrics["mmd"]) and math.isnan(metrics["sliced_wasserstein"])
     assert math.isfinite(metrics["grid_kl"]) and metrics["grid_kl"] > 0
+    # Held-out points come from the dataset, so the log-likelihoods need no model sample.
+    assert metrics["log_likelihood"] < metrics["data_log_likelihood"]
 
 
 # ---------------------------------------------------------------- figure

@@ -14,6 +14,8 @@ __all__ = [
     "Energy",
     "energy_grid",
     "grid_kl",
+    "log_likelihood",
+    "log_partition",
     "mmd",
     "mode_weights",
     "sliced_wasserstein",
@@ -29,6 +31,9 @@ _GRID_CHUNK = 65536
 _KERNEL_BLOCK_ELEMENTS = 1 << 22
 # Seed of the private generator metrics use when none is given (never the global RNG).
 _DEFAULT_SEED = 0
+# Held-out exact samples `log_likelihood` and `toy_metrics` draw by default (standard error of
+# the mean log-density about 0.01 nats on the toy sets).
+_N_HELD_OUT = 10000
 
 
 def _energy_device_dtype(energy: Energy) -> tuple[torch.device, torch.dtype]:
@@ -54,6 +59,35 @@ def _check_samples(name: str, x: Tensor, minimum: int) -> None:
         raise ValueError(f"{name} must have shape (n, d), got {tuple(x.shape)}")
     if x.shape[0] < minimum:
         raise ValueError(f"{name} needs at least {minimum} rows, got {x.shape[0]}")
+
+
+def _evaluate(energy: Energy, points: Tensor) -> Tensor:
+    """Energies (n,) as CPU float64 at n >= 1 points (n, 2), without grad, in chunks.
+
+    The points go to the energy's device and dtype (see `_energy_device_dtype`).
+    """
+    device, dtype = _energy_device_dtype(energy)
+    values = []
+    with torch.no_grad():
+        for chunk in torch.split(points, _GRID_CHUNK):
+            out = energy(chunk.to(device=device, dtype=dtype))
+            if out.shape not in ((chunk.shape[0],), (chunk.shape[0], 1)):
+                batch = chunk.shape[0]
+                raise ValueError(
+                    f"energy must map (B, 2) to (B,), got {tuple(out.shape)} for B={batch}"
+                )
+            values.append(out.reshape(-1).to(device="cpu", dtype=torch.float64))
+    return torch.cat(values)
+
+
+def _log_grid_integral(log_values: Tensor, bounds: tuple[float, float], resolution: int) -> Tensor:
+    """log of the midpoint-rule integral of exp(log_values) over the `energy_grid` cells.
+
+    `log_values` (resolution**2,) holds the log-integrand at the cell centres of [lo, hi]^2;
+    the result is logsumexp(log_values) + log(cell area), a float64 scalar tensor.
+    """
+    step = (float(bounds[1]) - float(bounds[0])) / resolution
+    return torch.logsumexp(log_values, dim=0) + 2.0 * math.log(step)
 
 
 def energy_grid(
@@ -84,18 +118,7 @@ def energy_grid(
     centres = lo + (torch.arange(resolution, dtype=torch.float64) + 0.5) * step
     grid_y, grid_x = torch.meshgrid(centres, centres, indexing="ij")
     points = torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=1)
-    device, dtype = _energy_device_dtype(energy)
-    values = []
-    with torch.no_grad():
-        for chunk in torch.split(points, _GRID_CHUNK):
-            out = energy(chunk.to(device=device, dtype=dtype))
-            if out.shape not in ((chunk.shape[0],), (chunk.shape[0], 1)):
-                batch = chunk.shape[0]
-                raise ValueError(
-                    f"energy must map (B, 2) to (B,), got {tuple(out.shape)} for B={batch}"
-                )
-            values.append(out.reshape(-1).to(device="cpu", dtype=torch.float64))
-    return points, torch.cat(values)
+    return points, _evaluate(energy, points)
 
 
 def grid_kl(energy: Energy, dataset: ToyDataset, resolution: int = 200) -> float:
@@ -113,17 +136,96 @@ def grid_kl(energy: Energy, dataset: ToyDataset, resolution: int = 200) -> float
         The KL divergence in nats.
     """
     points, energies = energy_grid(energy, dataset.bounds, resolution)
+    return _grid_kl_from_energies(points, energies, dataset, resolution)
+
+
+def _grid_kl_from_energies(
+    points: Tensor, energies: Tensor, dataset: ToyDataset, resolution: int
+) -> float:
+    """`grid_kl` from the `energy_grid` output over `dataset.bounds` at `resolution`."""
     log_p = dataset.log_density(points)
     if bool(torch.isnan(log_p).any() | (log_p == math.inf).any()):
         raise ValueError(
             "dataset log-density is +inf or nan at a grid cell centre (e.g. the Rings origin); "
             "use an even resolution"
         )
-    log_p = log_p - torch.logsumexp(log_p, dim=0)
-    log_q = -energies - torch.logsumexp(-energies, dim=0)
+    bounds = dataset.bounds
+    # Both densities renormalised over the grid; the sum is the midpoint rule of the KL integral.
+    log_p = log_p - _log_grid_integral(log_p, bounds, resolution)
+    log_q = -energies - _log_grid_integral(-energies, bounds, resolution)
     support = log_p > -math.inf
-    p = log_p[support].exp()
+    cell_area = ((float(bounds[1]) - float(bounds[0])) / resolution) ** 2
+    p = log_p[support].exp() * cell_area
     return float((p * (log_p[support] - log_q[support])).sum())
+
+
+def log_partition(energy: Energy, dataset: ToyDataset, resolution: int = 200) -> float:
+    """log Z = log of the integral of exp(-E) over the square `dataset.bounds`^2.
+
+    The normaliser of the model density, by the midpoint rule on the `energy_grid` cells in
+    float64 (the quadrature `grid_kl` uses). Mass of exp(-E) outside the square is not counted.
+    Non-finite energies give inf or nan.
+
+    Arguments:
+        energy: callable or nn.Module mapping (B, 2) to energies (B,).
+        dataset: toy set providing the bounds.
+        resolution: cells per side of the grid.
+    Returns:
+        log Z in nats.
+    """
+    _, energies = energy_grid(energy, dataset.bounds, resolution)
+    return float(_log_grid_integral(-energies, dataset.bounds, resolution))
+
+
+def _held_out(
+    dataset: ToyDataset, samples: Tensor | None, n: int, generator: torch.Generator | None
+) -> Tensor:
+    """`samples` checked as (m, 2) with m >= 1, or n >= 1 fresh exact samples from the dataset."""
+    if samples is None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        return dataset.sample(n, _private_generator(generator))
+    _check_samples("samples", samples, 1)
+    if samples.shape[1] != 2:
+        raise ValueError(f"samples must have shape (n, 2), got {tuple(samples.shape)}")
+    return samples
+
+
+def _mean_log_likelihood(energy: Energy, points: Tensor, log_z: float) -> float:
+    """Mean over points (n, 2) of -E(x) - log_z, in float64."""
+    return float((-_evaluate(energy, points.detach().cpu().to(torch.float64)) - log_z).mean())
+
+
+def log_likelihood(
+    energy: Energy,
+    dataset: ToyDataset,
+    samples: Tensor | None = None,
+    *,
+    n: int = _N_HELD_OUT,
+    resolution: int = 200,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Mean model log-density log p(x) = -E(x) - log Z over held-out points x.
+
+    The exact counterpart of a test log-likelihood: on exact samples its expectation is at most
+    the data's own mean log-density, and the gap estimates KL(data || model). log Z is
+    `log_partition`, so Z counts only the mass inside `dataset.bounds`; points outside the
+    square still score -E(x) - log Z (no clipping). Non-finite energies or sample rows give inf
+    or nan.
+
+    Arguments:
+        energy: callable or nn.Module mapping (B, 2) to energies (B,).
+        dataset: toy set providing the bounds and, when `samples` is None, the points.
+        samples: (m, 2) held-out points, on any device; None draws `n` fresh exact samples.
+        n: number of fresh samples when `samples` is None, >= 1.
+        resolution: cells per side of the log Z grid.
+        generator: CPU generator for the fresh samples (a private generator seeded with 0
+            when None; the global RNG is never used).
+    Returns:
+        The mean log-likelihood in nats.
+    """
+    points = _held_out(dataset, samples, n, generator)
+    return _mean_log_likelihood(energy, points, log_partition(energy, dataset, resolution))
 
 
 def _kernel_sum(a: Tensor, b: Tensor, bandwidths: Sequence[float]) -> Tensor:
@@ -232,6 +334,7 @@ def toy_metrics(
     generator: torch.Generator | None = None,
     resolution: int = 200,
     n_reference: int | None = None,
+    n_held_out: int = _N_HELD_OUT,
 ) -> dict[str, float]:
     """All toy metrics for one energy and its samples, as a flat dict for logging.
 
@@ -239,28 +342,40 @@ def toy_metrics(
     dropped), "mmd" and "sliced_wasserstein" against fresh exact samples from the dataset, and
     for Gaussian-mixture sets "mode_weight_<k>" per component plus "mode_weight_error" (largest
     |estimated - true| weight). Sample-based entries are nan when no finite sample is left.
+    "log_likelihood" is `log_likelihood` on `n_held_out` fresh exact samples and
+    "data_log_likelihood" the dataset's exact mean log-density on the same points, the value
+    the model approaches from below; both are nan when `n_held_out` is 0.
 
-    Runs during training without changing its random stream: reference samples and projection
-    directions come from `generator` (a private generator seeded with 0 when None), and the
+    Runs during training without changing its random stream: reference and held-out samples
+    and projection directions come from `generator` (a private generator seeded with 0 when
+    None; held-out samples are drawn last, so the other entries do not depend on them), and the
     CPU and the energy's CUDA RNG states are restored after the energy is evaluated.
 
     Arguments:
         energy: callable or nn.Module mapping (B, 2) to energies (B,).
         samples: (n, 2) model samples, on any device.
         dataset: toy set with the exact density.
-        generator: CPU generator for the reference samples and the projections.
-        resolution: cells per side of the grid_kl grid.
+        generator: CPU generator for the reference and held-out samples and the projections.
+        resolution: cells per side of the grid of grid_kl and of log Z.
         n_reference: number of reference samples; len(samples) when None.
+        n_held_out: number of held-out samples for the log-likelihoods, >= 0.
+    Returns:
+        The metrics by name, all Python floats.
     """
     _check_samples("samples", samples, 0)
     generator = _private_generator(generator)
     n_reference = samples.shape[0] if n_reference is None else n_reference
     if isinstance(n_reference, bool) or not isinstance(n_reference, int) or n_reference < 0:
         raise ValueError(f"n_reference must be an integer >= 0 or None, got {n_reference!r}")
+    if isinstance(n_held_out, bool) or not isinstance(n_held_out, int) or n_held_out < 0:
+        raise ValueError(f"n_held_out must be an integer >= 0, got {n_held_out!r}")
     device, _ = _energy_device_dtype(energy)
     cuda_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
-        kl = grid_kl(energy, dataset, resolution)
+        # One grid serves both grid_kl and the log Z of the log-likelihood.
+        points, energies = energy_grid(energy, dataset.bounds, resolution)
+    kl = _grid_kl_from_energies(points, energies, dataset, resolution)
+    log_z = float(_log_grid_integral(-energies, dataset.bounds, resolution))
     finite = torch.isfinite(samples).all(dim=1)
     kept = samples[finite].to(torch.float64)
     metrics = {
@@ -285,4 +400,10 @@ def toy_metrics(
         for k, weight in enumerate(estimated.tolist()):
             metrics[f"mode_weight_{k}"] = weight
         metrics["mode_weight_error"] = error
+    metrics["log_likelihood"] = metrics["data_log_likelihood"] = math.nan
+    if n_held_out >= 1:
+        held_out = dataset.sample(n_held_out, generator)
+        with torch.random.fork_rng(devices=cuda_devices):
+            metrics["log_likelihood"] = _mean_log_likelihood(energy, held_out, log_z)
+        metrics["data_log_likelihood"] = float(dataset.log_density(held_out).mean())
     return metrics
