@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from machine_info import cpu_name, load_average
 from torch import Tensor, nn
 
 from ebmkit.energies.conv import ConvEnergy
@@ -196,26 +197,6 @@ def in_fresh_processes(index: int, options: argparse.Namespace) -> list[dict[str
         done = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
         runs.append(json.loads(done.stdout.splitlines()[-1]))
     return runs
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> str:
-    """The 1-minute load average (other processes competing for the cores skew timings)."""
-    try:
-        with open("/proc/loadavg") as loadavg:
-            return loadavg.read().split()[0]
-    except OSError:
-        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from machine_info import cpu_name
 from torch import Tensor, nn
 
 import ebmkit
@@ -79,17 +80,6 @@ def timed(run: Callable[[], Any], device: torch.device) -> float:
     run()
     synchronize(device)
     return time.perf_counter() - start
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> None:
