@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 
 from ebmkit.data.toy import (
     TOY_DATASETS,
@@ -17,9 +17,11 @@ from ebmkit.data.toy import (
     GaussianMixture2D,
     Pinwheel,
     Rings,
+    SwissRoll,
     ToyDataset,
     TwoMoons,
 )
+from ebmkit.data.toy.curves import _gauss_legendre
 
 ALL_CLASSES = list(TOY_DATASETS.values())
 N_MOMENT_SAMPLES = 40000
@@ -55,6 +57,7 @@ def test_registry_names_every_class() -> None:
         "Checkerboard": Checkerboard,
         "TwoMoons": TwoMoons,
         "Pinwheel": Pinwheel,
+        "SwissRoll": SwissRoll,
     }
 
 
@@ -174,6 +177,13 @@ def test_bounds_are_a_proper_interval(dataset: ToyDataset) -> None:
         (Pinwheel, {"radial_std": 0.0}, "radial_std"),
         (Pinwheel, {"tangential_std": -1.0}, "tangential_std"),
         (Pinwheel, {"rate": math.inf}, "rate"),
+        (SwissRoll, {"noise": 0.0}, "noise"),
+        (SwissRoll, {"scale": -0.2}, "scale"),
+        (SwissRoll, {"t_min": -1.0}, "t_min"),
+        (SwissRoll, {"t_min": math.nan}, "t_min"),
+        (SwissRoll, {"t_max": 1.0}, "t_max"),
+        (SwissRoll, {"t_min": 2.0, "t_max": 2.0}, "t_max"),
+        (SwissRoll, {"t_max": math.inf}, "t_max"),
     ],
 )
 def test_bad_arguments_raise(cls: type[ToyDataset], kwargs: dict[str, object], name: str) -> None:
@@ -238,7 +248,7 @@ def test_mixture_record_validates_itself() -> None:
 
 
 def test_non_mixtures_report_no_mixture() -> None:
-    for cls in (Rings, Checkerboard, TwoMoons, Pinwheel):
+    for cls in (Rings, Checkerboard, TwoMoons, Pinwheel, SwissRoll):
         assert cls(n_samples=10).mixture is None
 
 
@@ -343,3 +353,124 @@ def test_pinwheel_density_is_untwisted_gaussian_mixture() -> None:
         density += stats.multivariate_normal(rotation @ [1.0, 0.0], covariance).pdf(x) / 3
     np.testing.assert_allclose(ds.log_density(y).numpy(), np.log(density), rtol=1e-10)
     assert float(ds.log_density(torch.tensor([[1e3, 0.0]]))) == -math.inf
+
+
+def test_swiss_roll_errors_name_the_parameter_and_the_value() -> None:
+    with pytest.raises(ValueError, match=r"t_min must be a finite number >= 0, got -0\.5"):
+        SwissRoll(n_samples=10, t_min=-0.5)
+    with pytest.raises(ValueError, match=r"t_max must be .* > t_min = 3\.0, got 1\.0"):
+        SwissRoll(n_samples=10, t_min=3.0, t_max=1.0)
+    with pytest.raises(ValueError, match=r"scale must be .* > 0, got 0\.0"):
+        SwissRoll(n_samples=10, scale=0.0)
+    with pytest.raises(ValueError, match=r"noise must be .* > 0, got -0\.1"):
+        SwissRoll(n_samples=10, noise=-0.1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 256, 301])
+def test_gauss_legendre_rule_matches_numpy(n: int) -> None:
+    nodes, weights = _gauss_legendre(n)
+    expected_nodes, expected_weights = np.polynomial.legendre.leggauss(n)
+    assert nodes.dtype == weights.dtype == torch.float64
+    np.testing.assert_allclose(nodes.numpy(), expected_nodes, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(weights.numpy(), expected_weights, rtol=1e-9)
+    if n >= 7:  # exact for polynomials of degree < 2n; exp is resolved to float64 by n = 7
+        integral = float((weights * torch.exp(nodes)).sum())
+        assert integral == pytest.approx(math.e - 1 / math.e, rel=1e-14)
+
+
+def swiss_roll_arc_length(ds: SwissRoll, t: np.ndarray) -> np.ndarray:
+    """Arc length of scale * (t cos t, t sin t) from 0 to t: scale/2 (t sqrt(1+t^2) + asinh t)."""
+    return 0.5 * ds.scale * (t * np.sqrt(1.0 + t * t) + np.arcsinh(t))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"t_min": 0.0, "t_max": 3 * math.pi, "scale": 0.3, "noise": 0.2}]
+)
+def test_swiss_roll_quadrature_nodes_lie_close_along_the_curve(kwargs: dict[str, float]) -> None:
+    ds = SwissRoll(n_samples=10, **kwargs)
+    centres = ds._quadrature_centres.numpy()
+    assert centres.shape == (ds.n_quadrature, 2)
+    # The curve's radius is scale * t, so each node's t is |c| / scale.
+    t = np.linalg.norm(centres, axis=1) / ds.scale
+    assert np.all(np.diff(t) > 0) and ds.t_min < t[0] and t[-1] < ds.t_max
+    gaps = np.diff(swiss_roll_arc_length(ds, np.concatenate(([ds.t_min], t, [ds.t_max]))))
+    assert gaps.max() < ds.noise / 6
+    weights = ds._quadrature_log_weights.exp()
+    assert float(weights.sum()) == pytest.approx(1.0, abs=1e-13)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"t_min": 0.0, "t_max": 3 * math.pi, "scale": 0.3, "noise": 0.2}]
+)
+def test_swiss_roll_quadrature_matches_adaptive_integration(kwargs: dict[str, float]) -> None:
+    ds = SwissRoll(n_samples=10, **kwargs)
+    t_min, t_max, scale, noise = ds.t_min, ds.t_max, ds.scale, ds.noise
+    on_curve = scale * 2 * np.pi * np.array([1.0, 0.0])  # c(2 pi), or near it
+    end = scale * t_max * np.array([np.cos(t_max), np.sin(t_max)])
+    points = np.array(
+        [on_curve, on_curve + 0.05, [0.0, 0.0], [-0.9, 0.4], end, end * 1.1, [3.2, -1.0]]
+    )
+
+    def density(y: np.ndarray) -> float:
+        def integrand(t: float) -> float:
+            c = scale * t * np.array([np.cos(t), np.sin(t)])
+            return float(np.exp(-0.5 * np.sum((y - c) ** 2) / noise**2))
+
+        # Breakpoints 0.1 apart in t keep every narrow peak of the integrand in view.
+        breaks = np.linspace(t_min, t_max, 2 + math.ceil((t_max - t_min) / 0.1))[1:-1]
+        value, _ = integrate.quad(
+            integrand, t_min, t_max, points=breaks, epsabs=0.0, epsrel=1e-12, limit=2000
+        )
+        return value / (t_max - t_min) / (2 * np.pi * noise**2)
+
+    expected = np.array([density(p) for p in points])
+    got = ds.log_density(torch.tensor(points)).exp().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_swiss_roll_mean_radius_matches_exact_value() -> None:
+    """E|y| is the mean over t ~ U[t_min, t_max] of the Rice mean of |c(t) + noise xi|.
+
+    The Rice mean of radius nu = scale * t and noise s is s sqrt(pi/2) L_{1/2}(-nu^2 / (2 s^2))
+    = s sqrt(pi/2) ((1 + a) i0e(a/2) + a i1e(a/2)) with a = nu^2 / (2 s^2); it exceeds
+    scale * t by about s^2 / (2 scale t), which is kept rather than left to the tolerance.
+    """
+    ds = SwissRoll(n_samples=10)
+    n = 40000
+    y = ds.sample(n, torch.Generator().manual_seed(21)).double()
+    radius = torch.linalg.vector_norm(y, dim=1).numpy()
+    s = ds.noise
+
+    def rice_mean(t: float) -> float:
+        a = (ds.scale * t) ** 2 / (2 * s**2)
+        return s * math.sqrt(math.pi / 2) * ((1 + a) * special.i0e(a / 2) + a * special.i1e(a / 2))
+
+    exact = integrate.quad(rice_mean, ds.t_min, ds.t_max, epsrel=1e-12)[0] / (ds.t_max - ds.t_min)
+    noiseless = ds.scale * (ds.t_min + ds.t_max) / 2
+    assert 0 < exact - noiseless < 0.01
+    standard_error = radius.std() / math.sqrt(n)
+    assert abs(radius.mean() - exact) < 4 * standard_error, (radius.mean(), exact)
+
+
+def test_swiss_roll_sample_angles_follow_the_spiral() -> None:
+    """The polar angle of a sample tracks its radius: phi ~ |y| / scale (mod 2 pi).
+
+    With r = phi - |y| / scale, the sample means of cos r and sin r must match their values
+    under the exact density (on a grid); r would be spread over the circle if the sampler's
+    angle and radius disagreed (a sign, a scale, cos and sin swapped).
+    """
+    ds = SwissRoll(n_samples=10)
+    n = 40000
+
+    def cos_sin_residual(p: torch.Tensor) -> torch.Tensor:
+        residual = torch.atan2(p[:, 1], p[:, 0]) - torch.linalg.vector_norm(p, dim=1) / ds.scale
+        return torch.stack((torch.cos(residual), torch.sin(residual)), dim=1)
+
+    points, area = grid(ds.bounds, 200)
+    density = ds.log_density(points).exp()
+    exact = (density[:, None] * cos_sin_residual(points)).sum(dim=0) * area
+    features = cos_sin_residual(ds.sample(n, torch.Generator().manual_seed(22)).double())
+    estimate = features.mean(dim=0)
+    standard_error = features.std(dim=0) / math.sqrt(n)
+    assert float(exact[0]) > 0.8  # the residual is concentrated near 0
+    assert torch.all((estimate - exact).abs() < 4 * standard_error + 1e-3), (estimate, exact)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ebmkit.data.toy.base import GaussianMixture2D, ToyDataset
+from ebmkit.data.toy.curves import SwissRoll, TwoMoons
 from ebmkit.data.toy.mixtures import EightGaussians, GaussianMixture
-from ebmkit.data.toy.shapes import Checkerboard, Pinwheel, Rings, TwoMoons
+from ebmkit.data.toy.shapes import Checkerboard, Pinwheel, Rings
 
 __all__ = [
     "TOY_DATASETS",
@@ -14,6 +15,7 @@ __all__ = [
     "GaussianMixture2D",
     "Pinwheel",
     "Rings",
+    "SwissRoll",
     "ToyDataset",
     "TwoMoons",
 ]
@@ -21,5 +23,13 @@ __all__ = [
 
 TOY_DATASETS: dict[str, type[ToyDataset]] = {
     cls.__name__: cls
-    for cls in (EightGaussians, GaussianMixture, Rings, Checkerboard, TwoMoons, Pinwheel)
+    for cls in (
+        EightGaussians,
+        GaussianMixture,
+        Rings,
+        Checkerboard,
+        TwoMoons,
+        Pinwheel,
+        SwissRoll,
+    )
 }

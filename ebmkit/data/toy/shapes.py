@@ -1,17 +1,15 @@
-"""Toy sets that are not Gaussian mixtures: rings, checkerboard, two moons, pinwheel."""
+"""Toy sets that are not Gaussian mixtures or noisy curves: rings, checkerboard, pinwheel."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ebmkit.data.toy.base import (
     _BOUNDS_STDS,
     _LOG_2PI,
-    _QUADRATURE_CHUNK_ELEMENTS,
     ToyDataset,
     _gaussian_log_pdf_1d,
     _require_count,
@@ -20,7 +18,7 @@ from ebmkit.data.toy.base import (
     _round_out,
 )
 
-__all__ = ["Checkerboard", "Pinwheel", "Rings", "TwoMoons"]
+__all__ = ["Checkerboard", "Pinwheel", "Rings"]
 
 
 class Rings(ToyDataset):
@@ -121,70 +119,6 @@ class Checkerboard(ToyDataset):
         black = torch.remainder(cell.sum(dim=1), 2.0) == 0.0
         value = torch.full((x.shape[0],), -math.log(8.0), dtype=torch.float64, device=x.device)
         return torch.where(inside & black, value, torch.full_like(value, -math.inf))
-
-
-class TwoMoons(ToyDataset):
-    """Two interleaved half circles of radius 1 with isotropic Gaussian noise, centred.
-
-    The upper moon is c(theta) = (cos theta, sin theta), the lower one
-    (1 - cos theta, 0.5 - sin theta), theta ~ U[0, pi], each moon with weight 1/2; everything
-    is shifted by -(0.5, 0.25), which makes the two moons point-symmetric about the origin.
-    The density p(y) = 1/2 sum_moons (1/pi) int_0^pi N(y; c(theta), noise^2 I) d theta is
-    computed by Gauss-Legendre quadrature over theta (at least 256 nodes per moon and at most
-    0.16*noise between nodes) with logsumexp in float64: exact up to a quadrature error far
-    below float32 resolution.
-    """
-
-    def __init__(self, n_samples: int = 20000, seed: int = 0, *, noise: float = 0.1) -> None:
-        """Set the noise and the quadrature rule, then draw the stored points.
-
-        Arguments:
-            noise: standard deviation of the isotropic Gaussian noise, > 0.
-        """
-        self.noise = _require_positive("noise", noise)
-        # Interior Gauss-Legendre spacing is about pi^2 / (2 n) rad; 32/noise nodes keep it
-        # below noise/6, where the error of a Gaussian bump integral is ~exp(-2 pi^2 * 36).
-        self.n_quadrature = max(256, math.ceil(32.0 / self.noise))
-        nodes, weights = np.polynomial.legendre.leggauss(self.n_quadrature)
-        theta = torch.as_tensor(0.5 * math.pi * (nodes + 1.0), dtype=torch.float64)
-        arc = torch.stack((torch.cos(theta) - 0.5, torch.sin(theta) - 0.25), dim=1)
-        # Centres of both moons at every node, and log of (1/2 moon weight) * (1/2 GL weight),
-        # since (1/pi) int_0^pi f = (1/2) sum_i w_i f(theta_i).
-        self._quadrature_centres = torch.cat((arc, -arc), dim=0)
-        log_w = torch.log(torch.as_tensor(weights, dtype=torch.float64)) - 2.0 * math.log(2.0)
-        self._quadrature_log_weights = torch.cat((log_w, log_w), dim=0)
-        super().__init__(n_samples, seed)
-
-    @property
-    def bounds(self) -> tuple[float, float]:
-        """Square holding both moons +- 5 noise std, rounded out to 0.5."""
-        half = 1.5 + _BOUNDS_STDS * self.noise
-        return _round_out(-half, half)
-
-    def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
-        sign = 1.0 - 2.0 * torch.randint(0, 2, (n, 1), generator=generator).to(torch.float64)
-        theta = math.pi * torch.rand(n, dtype=torch.float64, generator=generator)
-        arc = torch.stack((torch.cos(theta) - 0.5, torch.sin(theta) - 0.25), dim=1)
-        noise = self.noise * torch.randn(n, 2, dtype=torch.float64, generator=generator)
-        return sign * arc + noise
-
-    def _log_density(self, x: Tensor) -> Tensor:
-        centres = self._quadrature_centres.to(x.device)
-        log_weights = self._quadrature_log_weights.to(x.device)
-        log_norm = -2.0 * math.log(self.noise) - _LOG_2PI
-        chunk = max(1, _QUADRATURE_CHUNK_ELEMENTS // centres.shape[0])
-        out = []
-        centres_squared = (centres * centres).sum(dim=1)
-        for part in torch.split(x, chunk):
-            # |y - c|^2 expanded so the cross term is one matmul; float64 keeps it accurate.
-            squared = (
-                (part * part).sum(dim=1, keepdim=True) + centres_squared - 2.0 * part @ centres.T
-            )
-            terms = log_weights - 0.5 * squared / self.noise**2
-            out.append(torch.logsumexp(terms, dim=1) + log_norm)
-        if not out:
-            return torch.empty(0, dtype=torch.float64, device=x.device)
-        return torch.cat(out)
 
 
 class Pinwheel(ToyDataset):
