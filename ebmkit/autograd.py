@@ -28,13 +28,15 @@ def energy_and_grad(energy: Energy, x: Tensor) -> tuple[Tensor, Tensor]:
         >>> torch.equal(g, torch.ones(3, 2))
         True
     """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        value = energy(x)
-        if value.shape != x.shape[:1]:
-            raise ValueError(
-                f"an energy must map a batch (B, ...) to shape (B,), got {tuple(value.shape)} "
-                f"for input {tuple(x.shape)}; reduce the last layer to one number per sample"
-            )
-        (grad,) = torch.autograd.grad(value.sum(), x)
+    if not torch.is_grad_enabled():  # e.g. called under no_grad: switch it on for this call
+        with torch.enable_grad():
+            return energy_and_grad(energy, x)
+    x = x.detach().requires_grad_(True)
+    value = energy(x)
+    if value.shape != x.shape[:1]:
+        raise ValueError(
+            f"an energy must map a batch (B, ...) to shape (B,), got {tuple(value.shape)} "
+            f"for input {tuple(x.shape)}; reduce the last layer to one number per sample"
+        )
+    (grad,) = torch.autograd.grad(value.sum(), x)
     return value.detach(), grad

@@ -104,7 +104,7 @@ class MarkovKernel:
         current = [state]
         del state
         for index in range(n_steps):
-            torch.mean(current[0].energy, 0, out=energy_trace[index])
+            torch.sum(current[0].energy, 0, out=energy_trace[index])
             transition = self._transition(
                 current.pop(), energy, index, n_steps, generator, final=index == n_steps - 1
             )
@@ -120,6 +120,7 @@ class MarkovKernel:
                     else acceptance_sum + info.acceptance_prob
                 )
         (state,) = current
+        energy_trace /= state.x.shape[0]  # sums to means, once
         return SampleResult(
             x=state.x.detach(),
             state=state,

@@ -103,7 +103,7 @@ class Langevin(MarkovKernel):
         info = StepInfo(
             acceptance_prob=None,
             accepted=None,
-            step_size=torch.as_tensor(self.step_size),
+            step_size=torch.scalar_tensor(self.step_size),
             n_grad_evals=n_grad_evals,
         )
         return new_state, info

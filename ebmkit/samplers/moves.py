@@ -32,6 +32,8 @@ def batch_view(values: Tensor, like: Tensor) -> Tensor:
 
 def gaussian_noise(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Standard normal noise shaped like `like`, from `generator` or the global RNG."""
+    if generator is None:  # the same draws from the global RNG, with less argument parsing
+        return torch.randn_like(like)
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
