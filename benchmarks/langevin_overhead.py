@@ -89,6 +89,14 @@ def workloads(quick: bool, steps: int | None) -> list[Workload]:
     return [
         Workload("floor: E = ½·Σx²", HalfSquare, (64, 2), steps or 2000, 0.01, 0.1414),
         Workload(
+            "MLP 2-D (128,128,128), the default run's chains",
+            lambda: MLPEnergy(2, (128, 128, 128)),
+            (256, 2),
+            steps or 400,
+            0.01,
+            0.1414,
+        ),
+        Workload(
             "MLP 2-D (128,128,128)",
             lambda: MLPEnergy(2, (128, 128, 128)),
             (10_000, 2),
