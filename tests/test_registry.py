@@ -49,13 +49,14 @@ BUILTINS: dict[str, dict[str, object]] = {
     "trainer": {"Contrastive": Contrastive},
     "dataset": dict(TOY_DATASETS),
 }
-SIX_TOY_SETS = {
+TOY_SET_NAMES = {
     "EightGaussians",
     "GaussianMixture",
     "Rings",
     "Checkerboard",
     "TwoMoons",
     "Pinwheel",
+    "SwissRoll",
 }
 BUILTIN_PAIRS = [(kind, name) for kind, names in BUILTINS.items() for name in names]
 
@@ -214,10 +215,10 @@ def test_builtin_components_are_registered_by_the_ebmkit_plugin(kind: str) -> No
         assert found[name].factory is factory
 
 
-def test_all_six_toy_datasets_and_the_toy_metrics_are_registered() -> None:
+def test_every_toy_dataset_and_the_toy_metrics_are_registered() -> None:
     datasets = {c.name: c.plugin for c in ebmkit.components("dataset")}
-    assert {name: datasets.get(name) for name in SIX_TOY_SETS} == dict.fromkeys(
-        SIX_TOY_SETS, "ebmkit"
+    assert {name: datasets.get(name) for name in TOY_SET_NAMES} == dict.fromkeys(
+        TOY_SET_NAMES, "ebmkit"
     )
     metrics = {c.name: c.plugin for c in ebmkit.components("metric")}
     for name in ("grid_kl", "mmd", "sliced_wasserstein", "mode_weights", "log_likelihood"):
