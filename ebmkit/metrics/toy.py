@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ebmkit.data.toy import GaussianMixture2D, ToyDataset
+from ebmkit.data.toy.base import _require_count
 
 __all__ = [
     "Energy",
@@ -109,8 +110,7 @@ def energy_grid(
             `imshow(..., origin="lower")`.
         energies: (resolution**2,) CPU float64 energies at those points.
     """
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise ValueError(f"resolution must be an integer >= 1, got {resolution!r}")
+    _require_count("resolution", resolution, 1)
     lo, hi = float(bounds[0]), float(bounds[1])
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"bounds must be finite with lo < hi, got {bounds!r}")
@@ -182,9 +182,7 @@ def _held_out(
 ) -> Tensor:
     """`samples` checked as (m, 2) with m >= 1, or n >= 1 fresh exact samples from the dataset."""
     if samples is None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
-        return dataset.sample(n, _private_generator(generator))
+        return dataset.sample(_require_count("n", n, 1), _private_generator(generator))
     _check_samples("samples", samples, 1)
     if samples.shape[1] != 2:
         raise ValueError(f"samples must have shape (n, 2), got {tuple(samples.shape)}")
@@ -307,8 +305,7 @@ def sliced_wasserstein(
         raise ValueError(
             f"x and y must have the same dimension, got {x.shape[1]} and {y.shape[1]}"
         )
-    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"n_projections must be an integer >= 1, got {n_projections!r}")
+    _require_count("n_projections", n_projections, 1)
     generator = _private_generator(generator)
     directions = torch.randn(n_projections, x.shape[1], dtype=torch.float64, generator=generator)
     directions = directions / torch.linalg.vector_norm(directions, dim=1, keepdim=True)
@@ -367,8 +364,7 @@ def toy_metrics(
     n_reference = samples.shape[0] if n_reference is None else n_reference
     if isinstance(n_reference, bool) or not isinstance(n_reference, int) or n_reference < 0:
         raise ValueError(f"n_reference must be an integer >= 0 or None, got {n_reference!r}")
-    if isinstance(n_held_out, bool) or not isinstance(n_held_out, int) or n_held_out < 0:
-        raise ValueError(f"n_held_out must be an integer >= 0, got {n_held_out!r}")
+    _require_count("n_held_out", n_held_out, 0)
     device, _ = _energy_device_dtype(energy)
     cuda_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
