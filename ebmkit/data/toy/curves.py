@@ -112,13 +112,13 @@ class TwoMoons(ToyDataset):
         # Interior Gauss-Legendre spacing is about pi^2 / (2 n) rad; 32/noise nodes keep it
         # below noise/6, where the error of a Gaussian bump integral is ~exp(-2 pi^2 * 36).
         self.n_quadrature = max(256, math.ceil(32.0 / self.noise))
-        nodes, weights = np.polynomial.legendre.leggauss(self.n_quadrature)
-        theta = torch.as_tensor(0.5 * math.pi * (nodes + 1.0), dtype=torch.float64)
+        nodes, weights = _gauss_legendre(self.n_quadrature)
+        theta = 0.5 * math.pi * (nodes + 1.0)
         arc = torch.stack((torch.cos(theta) - 0.5, torch.sin(theta) - 0.25), dim=1)
         # Centres of both moons at every node, and log of (1/2 moon weight) * (1/2 GL weight),
         # since (1/pi) int_0^pi f = (1/2) sum_i w_i f(theta_i).
         self._quadrature_centres = torch.cat((arc, -arc), dim=0)
-        log_w = torch.log(torch.as_tensor(weights, dtype=torch.float64)) - 2.0 * math.log(2.0)
+        log_w = torch.log(weights) - 2.0 * math.log(2.0)
         self._quadrature_log_weights = torch.cat((log_w, log_w), dim=0)
         super().__init__(n_samples, seed)
 
