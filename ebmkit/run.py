@@ -241,12 +241,12 @@ def run_experiment(
     operative_config = gin.operative_config_str()
     if experiment.on_divergence == "rollback":
         _check_rollback_possible(trainer.sampler, config)
-    rollbacks = (0, experiment.rollback_factor)
+    replayed = None
     if state is not None:
         try:
             trainer.load_state_dict(state)
             set_rng_state(state["rng"])
-            rollbacks = _replay_rollbacks(trainer, state.get("divergence")) or rollbacks
+            replayed = _replay_rollbacks(trainer, state.get("divergence"))
         except (ValueError, RuntimeError, KeyError) as error:
             raise CheckpointError(
                 f"checkpoint {checkpoint} does not fit this config ({type(error).__name__}: "
@@ -255,7 +255,8 @@ def run_experiment(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "operative_config.gin").write_text(operative_config)
     observer = RunObserver(experiment, run_dir, operative_config)
-    observer.rollbacks, observer.rollback_factor = rollbacks
+    if replayed is not None:  # a resumed run that had rolled back: count on from there
+        observer.rollbacks, observer.rollback_factor = replayed
     try:
         if experiment.on_divergence == "rollback" and state is None:
             observer.checkpoint(trainer)  # round 0: a divergence in the first rounds has a target
