@@ -3,7 +3,7 @@ r"""ebmkit: energy-based models with swappable samplers, initializers and traine
 The public API: plugins import only what is re-exported here.
 """
 
-from ebmkit.autograd import energy_and_grad
+from ebmkit.autograd import differentiable_chains, energy_and_grad, is_differentiable
 from ebmkit.errors import (
     CheckpointError,
     ConfigError,
@@ -23,9 +23,17 @@ from ebmkit.protocols import (
     StepScalable,
     Trainer,
 )
-from ebmkit.records import ChainState, InitBatch, Round, SampleResult, StepInfo
+from ebmkit.records import (
+    LONE_STEP,
+    ChainState,
+    InitBatch,
+    Round,
+    SampleResult,
+    StepContext,
+    StepInfo,
+)
 from ebmkit.registry import Registry, components, create, get_registry, reset_registry
-from ebmkit.samplers.base import MarkovKernel
+from ebmkit.samplers.base import MarkovKernel, kept_from_previous
 from ebmkit.samplers.moves import (
     batch_view,
     clip_gradient,
@@ -35,10 +43,17 @@ from ebmkit.samplers.moves import (
     select_chains,
     ula_noise_scale,
 )
+from ebmkit.samplers.validators import check_clamp
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LONE_STEP",
+    "StepContext",
+    "check_clamp",
+    "differentiable_chains",
+    "is_differentiable",
+    "kept_from_previous",
     "ChainState",
     "CheckpointError",
     "ConfigError",

@@ -7,12 +7,13 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from ebmkit.records import ChainState, InitBatch, Round, SampleResult, StepInfo
+from ebmkit.records import ChainState, InitBatch, Round, SampleResult, StepContext, StepInfo
 
 __all__ = [
     "Energy",
     "Initializer",
     "Learnable",
+    "RoundObserver",
     "Sampler",
     "Stateful",
     "StepScalable",
@@ -31,23 +32,47 @@ class Energy(Protocol):
 class Sampler(Protocol):
     """A batched Markov kernel on an energy (BlackJAX shape: `init` then repeated `step`).
 
-    The sampler holds settings only; every chain quantity lives in the ChainState.
+    The sampler holds settings only; every chain quantity lives in the ChainState. `step` is
+    the one method a kernel writes; `sample` loops over it (`ebmkit.MarkovKernel` gives the
+    loop). A kernel that moves x drops every cached extra it does not recompute.
     """
 
     n_steps: int
 
-    def init(self, x: Tensor, energy: Energy) -> ChainState:
-        """Start chains at `x`, caching E and ∇E there."""
+    def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
+        """Chains at `x` with E, ∇E and the kernel's caches evaluated there.
+
+        `previous` is a state of the same chains to continue (e.g. from a persistent bank):
+        what the kernel owns (per-chain step sizes, `owned`) is kept; everything that
+        depends on the energy or a learned map is recomputed.
+        """
         ...
 
     def step(
-        self, state: ChainState, energy: Energy, *, generator: torch.Generator | None = None
+        self,
+        state: ChainState,
+        energy: Energy,
+        *,
+        generator: torch.Generator | None = None,
+        context: StepContext | None = None,
     ) -> tuple[ChainState, StepInfo]:
-        """One transition of every chain."""
+        """One transition of every chain; `context` (default: a lone step) says where it sits."""
         ...
 
-    def sample(self, energy: Energy, x0: Tensor, n_steps: int | None = None) -> SampleResult:
-        """Run `n_steps` transitions from `x0` (default `self.n_steps`)."""
+    def sample(
+        self,
+        energy: Energy,
+        start: Tensor | InitBatch,
+        n_steps: int | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        differentiable: bool = False,
+    ) -> SampleResult:
+        """Run `n_steps` transitions (default `self.n_steps`) from `start`.
+
+        `start` is a tensor of starting points or an InitBatch, whose `state` (if any) is a
+        chain to continue. `differentiable=True` keeps the graph through every step.
+        """
         ...
 
 
@@ -59,35 +84,21 @@ class StepScalable(Protocol):
         """Multiply the step size by `factor` (> 0), keeping the chains' temperature."""
         ...
 
+    def current_step_size(self) -> float:
+        """The configured step size now (after any scaling), for messages and logs."""
+        ...
+
 
 @runtime_checkable
 class Initializer(Protocol):
-    """Where chains start: noise, data, a replay buffer, a flow or a generator."""
+    """Where chains start: noise, data, a replay buffer, a persistent bank, a flow, a generator."""
 
     def sample(self, n: int) -> InitBatch:
-        """Starting points for `n` chains."""
+        """Starting points for `n` chains (and, for persistent chains, the states to continue)."""
         ...
 
     def update(self, round: Round) -> None:
         """Learn from the finished round (e.g. store final states in a buffer)."""
-        ...
-
-
-@runtime_checkable
-class Learnable(Protocol):
-    """A component with parameters of its own besides the energy; owns its optimizer."""
-
-    def learn(self, round: Round) -> dict[str, Tensor]:
-        """One update from the round's facts; returns losses for logging."""
-        ...
-
-
-@runtime_checkable
-class Trainer(Protocol):
-    """Runs training rounds until done."""
-
-    def fit(self) -> Any:
-        """Train; returns the trainer's summary (e.g. final metrics)."""
         ...
 
 
@@ -98,3 +109,48 @@ class Stateful(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+@runtime_checkable
+class Learnable(Stateful, Protocol):
+    """A component with parameters of its own besides the energy; owns its optimizer.
+
+    Found by the trainer among its components (see `ebmkit.find_learnables`), asked to
+    `learn` once per round and saved in every checkpoint under its path; a component with
+    `learn` but no `state_dict`/`load_state_dict` is refused when the trainer is built.
+    """
+
+    def learn(self, round: Round) -> dict[str, Tensor]:
+        """One update from the round's facts; returns named losses for logging and the guard."""
+        ...
+
+
+@runtime_checkable
+class RoundObserver(Protocol):
+    """What a trainer tells its run (logging, pictures, checkpoints) as it goes."""
+
+    def before_fit(self, trainer: Any) -> None: ...
+
+    def after_round(self, trainer: Any, round: Round) -> None: ...
+
+    def after_fit(self, trainer: Any) -> None: ...
+
+
+@runtime_checkable
+class Trainer(Stateful, Protocol):
+    """Runs training rounds until done; what a run (`ebmkit run`) reads from a trainer.
+
+    The run logs and checkpoints through these members only, so another trainer (e.g. one
+    whose round has other phases) plugs into the same command.
+    """
+
+    energy: torch.nn.Module
+    sampler: Sampler
+    dataset: Any
+    batch_size: int
+    n_rounds: int
+    round_index: int
+
+    def fit(self, observer: RoundObserver | None = None) -> Any:
+        """Train from `round_index` to `n_rounds`, reporting each round to `observer`."""
+        ...

@@ -1,30 +1,69 @@
-r"""The chain loop every kernel shares: `sample` runs `init` then `n_steps` transitions."""
+r"""The chain loop every kernel shares: `sample` runs `init` then `n_steps` calls of `step`."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from torch import Tensor
 
+from ebmkit.autograd import differentiable_chains
 from ebmkit.protocols import Energy
-from ebmkit.records import ChainState, SampleResult, StepInfo
+from ebmkit.records import ChainState, InitBatch, SampleResult, StepContext, StepInfo
 
-__all__ = ["MarkovKernel"]
+__all__ = ["MarkovKernel", "kept_from_previous"]
+
+
+def kept_from_previous(
+    x: Tensor, previous: ChainState | None
+) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """What a continued chain keeps from `previous`: (per-chain step sizes, owned tensors).
+
+    Raises ValueError when `previous` holds another number of chains than `x`.
+    """
+    if previous is None:
+        return None, {}
+    if previous.batch_size != x.shape[0]:
+        raise ValueError(
+            f"the state to continue holds {previous.batch_size} chains but the start x holds "
+            f"{x.shape[0]}; pass the state of exactly these chains (InitBatch.state)"
+        )
+    return previous.step_size, dict(previous.owned)
 
 
 class MarkovKernel:
-    """Base of the built-in samplers: subclasses give `init` and `_transition`.
+    """Base of the built-in samplers: subclasses write `init` and `step`; this gives `sample`.
 
     The loop keeps every per-chain statistic as a tensor (no `.item()`, no host sync) and
-    never keeps an autograd graph from one step to the next.
+    never keeps an autograd graph from one step to the next (unless `differentiable=True`).
     """
 
     n_steps: int
     step_size: float
 
-    def init(self, x: Tensor, energy: Energy) -> ChainState:
+    def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
         raise NotImplementedError
+
+    def step(
+        self,
+        state: ChainState,
+        energy: Energy,
+        *,
+        generator: torch.Generator | None = None,
+        context: StepContext | None = None,
+    ) -> tuple[ChainState, StepInfo]:
+        """One transition of every chain.
+
+        Inside `sample` the kernel holds the only reference to `state`, so it may drop it
+        (``del state``) once the proposal is made, freeing the old ∇E before the next one.
+        ``context.last`` allows leaving E/∇E unevaluated at the final point.
+        """
+        raise NotImplementedError
+
+    def current_step_size(self) -> float:
+        """The configured step size h (after any `scale_step_size`)."""
+        return self.step_size
 
     def scale_step_size(self, factor: float) -> None:
         """Step size h ← factor·h and noise σ ← sqrt(factor)·σ (when set apart from h).
@@ -38,76 +77,84 @@ class MarkovKernel:
         if getattr(self, "noise_scale", None) is not None:
             self.noise_scale = self.noise_scale * math.sqrt(factor)
 
-    def step(
-        self, state: ChainState, energy: Energy, *, generator: torch.Generator | None = None
-    ) -> tuple[ChainState, StepInfo]:
-        """One transition of every chain (index −1: outside `sample`'s burn-in schedule)."""
-        return self._transition(state, energy, -1, 0, generator, final=False)
-
-    def _transition(
-        self,
-        state: ChainState,
-        energy: Energy,
-        index: int,
-        n_steps: int,
-        generator: torch.Generator | None,
-        *,
-        final: bool,
-    ) -> tuple[ChainState, StepInfo]:
-        """Transition number `index` of `n_steps` in a `sample` run, or −1 for a lone `step`.
-
-        `final` allows leaving E/∇E unevaluated at the last point (nothing needs them).
-        Inside `sample` the kernel holds the only reference to `state`, so it may drop it
-        (``del state``) once the proposal is made, freeing the old ∇E before the next one.
-        """
-        raise NotImplementedError
-
     def sample(
         self,
         energy: Energy,
-        x0: Tensor,
+        start: Tensor | InitBatch,
         n_steps: int | None = None,
         *,
         generator: torch.Generator | None = None,
+        differentiable: bool = False,
+        adapt: bool = True,
     ) -> SampleResult:
-        """Run `n_steps` (default `self.n_steps`) transitions of every chain from `x0`.
+        """Run `n_steps` (default `self.n_steps`) transitions of every chain from `start`.
 
         Arguments:
             energy: maps (B, ...) to (B,).
-            x0: starting points (B, ...), floating point.
+            start: starting points (B, ...), floating point, or an InitBatch; an InitBatch's
+                `state` is continued (`init(previous=state)`: the kernel keeps what it owns,
+                E, ∇E and every cache are recomputed on the current energy).
             n_steps: number of transitions; 0 returns the start.
             generator: random source (default: the global torch RNG).
+            differentiable: keep the autograd graph through every step, so a loss on the
+                final x reaches `start` and the energy's parameters (default: detached,
+                no graph kept, no extra cost).
+            adapt: let adaptive kernels adapt (e.g. MALA's burn-in step-size rule).
 
         Returns:
-            SampleResult with the final x (detached), the last state, per-chain acceptance
-            rate (MH kernels), gradient evaluations and the energy trace.
+            SampleResult with the final x, the last state, per-chain acceptance rate (MH
+            kernels), gradient evaluations, the energy trace and the steps' averaged stats.
         """
         n_steps = self.n_steps if n_steps is None else n_steps
         if n_steps < 0:
             raise ValueError(f"n_steps must be >= 0, got {n_steps}")
-        if not x0.is_floating_point():
-            raise TypeError(f"chains must start from a floating-point tensor, got {x0.dtype}")
-        state = self.init(x0.detach(), energy)
+        x0, previous = (start.x, start.state) if isinstance(start, InitBatch) else (start, None)
+        if not isinstance(x0, Tensor) or not x0.is_floating_point():
+            kind = x0.dtype if isinstance(x0, Tensor) else type(x0).__name__
+            raise TypeError(f"chains must start from a floating-point tensor, got {kind}")
+        switch = differentiable_chains() if differentiable else contextlib.nullcontext()
+        with switch:
+            return self._run(energy, x0, previous, n_steps, generator, differentiable, adapt)
+
+    def _run(
+        self,
+        energy: Energy,
+        x0: Tensor,
+        previous: ChainState | None,
+        n_steps: int,
+        generator: torch.Generator | None,
+        differentiable: bool,
+        adapt: bool,
+    ) -> SampleResult:
+        state = self.init(x0 if differentiable else x0.detach(), energy, previous=previous)
+        del previous
         n_grad_evals = 1
         acceptance_sum: Tensor | None = None
+        stat_sums: dict[str, Tensor] = {}
+        stat_counts: dict[str, int] = {}
         step_size = (
             state.step_size
             if state.step_size is not None
             else torch.as_tensor(getattr(self, "step_size", float("nan")))
         )
-        # The loop hands each state over to `_transition` (popped from `current`, so no
-        # reference stays here): a kernel that no longer needs the old E/∇E can free them
-        # before it evaluates the next gradient, as a hand-written loop does.
+        # The loop hands each state over to `step` (popped from `current`, so no reference
+        # stays here): a kernel that no longer needs the old E/∇E can free them before it
+        # evaluates the next gradient, as a hand-written loop does.
         # The trace is written into one tensor: a small tensor kept per step would pin heap
         # blocks between the big activations and make the allocator return/refault pages.
-        energy_trace = state.energy.new_empty(n_steps)
+        energy_trace = state.energy.detach().new_empty(n_steps)
         current = [state]
         del state
         for index in range(n_steps):
-            torch.sum(current[0].energy, 0, out=energy_trace[index])
-            transition = self._transition(
-                current.pop(), energy, index, n_steps, generator, final=index == n_steps - 1
+            energy_now = current[0].energy
+            torch.sum(
+                energy_now.detach() if differentiable else energy_now, 0, out=energy_trace[index]
             )
+            del energy_now
+            context = StepContext(
+                index=index, n_steps=n_steps, last=index == n_steps - 1, adapt=adapt
+            )
+            transition = self.step(current.pop(), energy, generator=generator, context=context)
             current.append(transition[0])
             info = transition[1]
             del transition
@@ -119,13 +166,18 @@ class MarkovKernel:
                     if acceptance_sum is None
                     else acceptance_sum + info.acceptance_prob
                 )
+            for name, value in info.stats.items():
+                value = value.detach()
+                stat_sums[name] = value if name not in stat_sums else stat_sums[name] + value
+                stat_counts[name] = stat_counts.get(name, 0) + 1
         (state,) = current
         energy_trace /= state.x.shape[0]  # sums to means, once
         return SampleResult(
-            x=state.x.detach(),
+            x=state.x if differentiable else state.x.detach(),
             state=state,
-            acceptance_rate=None if acceptance_sum is None else acceptance_sum / n_steps,
+            acceptance_rate=None if acceptance_sum is None else acceptance_sum.detach() / n_steps,
             n_grad_evals=n_grad_evals,
             energy_trace=energy_trace,
             step_size=step_size,
+            stats={name: total / stat_counts[name] for name, total in stat_sums.items()},
         )

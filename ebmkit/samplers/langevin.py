@@ -8,20 +8,12 @@ from torch import Tensor
 
 from ebmkit.autograd import energy_and_grad
 from ebmkit.protocols import Energy
-from ebmkit.records import ChainState, StepInfo
-from ebmkit.samplers.base import MarkovKernel
+from ebmkit.records import LONE_STEP, ChainState, StepContext, StepInfo
+from ebmkit.samplers.base import MarkovKernel, kept_from_previous
 from ebmkit.samplers.moves import clip_gradient, gaussian_noise, ula_noise_scale
+from ebmkit.samplers.validators import check_clamp
 
-__all__ = ["Langevin", "LangevinState"]
-
-LangevinState = ChainState
-
-
-def _check_clamp(
-    instance: object, attribute: attrs.Attribute, value: tuple[float, float] | None
-) -> None:
-    if value is not None and not (len(value) == 2 and value[0] < value[1]):
-        raise ValueError(f"{attribute.name} must be (low, high) with low < high, got {value}")
+__all__ = ["Langevin"]
 
 
 @attrs.define(kw_only=True)
@@ -60,17 +52,18 @@ class Langevin(MarkovKernel):
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0.0))
     )
     clamp: tuple[float, float] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(tuple), validator=_check_clamp
+        default=None, converter=attrs.converters.optional(tuple), validator=check_clamp
     )
 
     def __attrs_post_init__(self) -> None:
         if self.noise_scale is None:
             self.noise_scale = ula_noise_scale(self.step_size)
 
-    def init(self, x: Tensor, energy: Energy) -> ChainState:
-        """Chains at `x` with E and ∇E cached."""
+    def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
+        """Chains at `x` with E and ∇E cached; what other kernels own in `previous` is kept."""
+        step_size, owned = kept_from_previous(x, previous)
         value, grad = energy_and_grad(energy, x)
-        return ChainState(x=x, energy=value, grad=grad)
+        return ChainState(x=x, energy=value, grad=grad, step_size=step_size, owned=owned)
 
     def move(self, state: ChainState, generator: torch.Generator | None = None) -> Tensor:
         """The Langevin proposal x − h·∇E(x) + σξ (clipped / clamped as configured)."""
@@ -81,25 +74,32 @@ class Langevin(MarkovKernel):
             proposal = proposal.clamp(*self.clamp)
         return proposal
 
-    def _transition(
+    def step(
         self,
         state: ChainState,
         energy: Energy,
-        index: int,
-        n_steps: int,
-        generator: torch.Generator | None,
         *,
-        final: bool,
+        generator: torch.Generator | None = None,
+        context: StepContext | None = None,
     ) -> tuple[ChainState, StepInfo]:
+        """One ULA move; on the run's last step the gradient at the final point is skipped.
+
+        The new state carries no extras (x moved, so every cache is stale) but keeps what
+        other kernels own (`step_size`, `owned`), so Langevin composes with adaptive kernels.
+        """
+        context = LONE_STEP if context is None else context
         n_grad_evals = 0
         if state.grad is None:
-            state, n_grad_evals = self.init(state.x, energy), 1
+            state, n_grad_evals = self.init(state.x, energy, previous=state), 1
+        step_size, owned = state.step_size, state.owned
         x = self.move(state, generator)
-        del state  # free the old E/∇E before the next gradient (see MarkovKernel.sample)
-        if final:  # nothing needs ∇E at the last point: skip that gradient evaluation
-            new_state = ChainState(x=x, energy=None, grad=None)
+        del state  # free the old E/∇E before the next gradient (see MarkovKernel.step)
+        if context.last:  # nothing needs ∇E at the last point: skip that gradient evaluation
+            new_state = ChainState(x=x, energy=None, grad=None, step_size=step_size, owned=owned)
         else:
-            new_state, n_grad_evals = self.init(x, energy), n_grad_evals + 1
+            value, grad = energy_and_grad(energy, x)
+            new_state = ChainState(x=x, energy=value, grad=grad, step_size=step_size, owned=owned)
+            n_grad_evals += 1
         info = StepInfo(
             acceptance_prob=None,
             accepted=None,

@@ -8,8 +8,8 @@ from torch import Tensor
 
 from ebmkit.autograd import energy_and_grad
 from ebmkit.protocols import Energy
-from ebmkit.records import ChainState, StepInfo
-from ebmkit.samplers.base import MarkovKernel
+from ebmkit.records import LONE_STEP, ChainState, StepContext, StepInfo
+from ebmkit.samplers.base import MarkovKernel, kept_from_previous
 from ebmkit.samplers.moves import (
     batch_view,
     clip_gradient,
@@ -18,9 +18,10 @@ from ebmkit.samplers.moves import (
     select_chains,
 )
 
-__all__ = ["MALA", "MALAState"]
+__all__ = ["MALA"]
 
-MALAState = ChainState
+AGE = "age"
+"""`owned` key of the per-chain count of adaptive steps taken (only when adapting)."""
 
 
 @attrs.define(kw_only=True)
@@ -30,7 +31,10 @@ class MALA(MarkovKernel):
     Exact for any step size: the chain leaves exp(−E) invariant. Per-chain acceptance is
     reported. With `adapt_steps > 0`, each chain's step size follows the Robbins–Monro rule
     log h ← log h + adaptation_rate·(α − target_acceptance) during the first `adapt_steps`
-    steps of every `sample` call only (burn-in), then stays fixed so the chain is exact.
+    steps of the chain's life (burn-in; counted per chain in ``owned["age"]``, so a
+    persistent chain continued over several rounds adapts once, as one long run would),
+    then stays fixed so the chain is exact. Adaptation acts only when the step context
+    says it is on (`sample(adapt=True)`, the default, or a composing kernel's context).
 
     Arguments:
         step_size: h > 0 (the starting value when adapting).
@@ -78,11 +82,24 @@ class MALA(MarkovKernel):
                 f"noise_scale={self.noise_scale} was set; drop noise_scale or set adapt_steps=0"
             )
 
-    def init(self, x: Tensor, energy: Energy) -> ChainState:
-        """Chains at `x` with E, ∇E and the per-chain step size cached."""
+    def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
+        """Chains at `x` with E, ∇E and the per-chain step size cached.
+
+        A continued chain (`previous`) keeps its adapted step size and age; a NaN step size
+        (a persistent bank's "not set yet") becomes the configured one.
+        """
+        step_size, owned = kept_from_previous(x, previous)
+        if step_size is None:
+            step_size = self._initial_step_sizes(x)
+        elif previous is not None:  # NaN marks a chain whose step size is not set yet
+            step_size = torch.where(step_size.isnan(), self.step_size, step_size)
+        if self.adapt_steps and AGE not in owned:
+            owned[AGE] = torch.zeros(x.shape[:1], device=x.device, dtype=torch.int64)
         value, grad = energy_and_grad(energy, x)
-        step_size = torch.full(x.shape[:1], self.step_size, device=x.device, dtype=x.dtype)
-        return ChainState(x=x, energy=value, grad=grad, step_size=step_size)
+        return ChainState(x=x, energy=value, grad=grad, step_size=step_size, owned=owned)
+
+    def _initial_step_sizes(self, x: Tensor) -> Tensor:
+        return torch.full(x.shape[:1], self.step_size, device=x.device, dtype=x.dtype)
 
     def _noise(self, step_size: Tensor) -> Tensor:
         if self.noise_scale is not None:
@@ -92,17 +109,22 @@ class MALA(MarkovKernel):
     def _drift_mean(self, x: Tensor, grad: Tensor, step_size: Tensor) -> Tensor:
         return x - batch_view(step_size, x) * clip_gradient(grad, self.grad_clip)
 
-    def _transition(
+    def step(
         self,
         state: ChainState,
         energy: Energy,
-        index: int,
-        n_steps: int,
-        generator: torch.Generator | None,
         *,
-        final: bool,
+        generator: torch.Generator | None = None,
+        context: StepContext | None = None,
     ) -> tuple[ChainState, StepInfo]:
-        x, step_size = state.x, state.step_size
+        """One MALA transition; adapts the step sizes of chains still in burn-in if allowed."""
+        context = LONE_STEP if context is None else context
+        n_grad_evals = 1
+        if state.grad is None:  # the final point of an unadjusted kernel: evaluate it here
+            state, n_grad_evals = self.init(state.x, energy, previous=state), 2
+        elif state.step_size is None:  # a state another kernel made: MALA's own parts start
+            state = attrs.evolve(state, step_size=self._initial_step_sizes(state.x))
+        x, step_size, owned = state.x, state.step_size, state.owned
         noise = batch_view(self._noise(step_size), x)
         forward_mean = self._drift_mean(x, state.grad, step_size)
         proposal = forward_mean + noise * gaussian_noise(x, generator)
@@ -114,21 +136,33 @@ class MALA(MarkovKernel):
         log_reverse = -((x - reverse_mean).square() / (2 * variance)).flatten(1).sum(1)
         log_ratio = state.energy - proposal_energy + log_reverse - log_forward
         accepted, acceptance_prob = metropolis_accept(log_ratio, generator)
-        if 0 <= index < self.adapt_steps:
-            step_size = torch.exp(
-                torch.log(step_size)
-                + self.adaptation_rate * (acceptance_prob - self.target_acceptance)
-            )
+        if self.adapt_steps and context.adapt:
+            step_size, owned = self._adapt(step_size, owned, acceptance_prob)
         new_state = ChainState(
             x=select_chains(accepted, proposal, x),
             energy=torch.where(accepted, proposal_energy, state.energy),
             grad=select_chains(accepted, proposal_grad, state.grad),
             step_size=step_size,
+            owned=owned,
         )
         info = StepInfo(
             acceptance_prob=acceptance_prob,
             accepted=accepted,
             step_size=step_size,
-            n_grad_evals=1,
+            n_grad_evals=n_grad_evals,
         )
         return new_state, info
+
+    def _adapt(
+        self, step_size: Tensor, owned: dict[str, Tensor], acceptance_prob: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Robbins–Monro on log h for the chains younger than `adapt_steps`; ages + 1."""
+        age = owned.get(AGE)
+        if age is None:  # a state started by another kernel: its chains are new to MALA
+            age = torch.zeros_like(step_size, dtype=torch.int64)
+        adapted = torch.exp(
+            torch.log(step_size)
+            + self.adaptation_rate * (acceptance_prob - self.target_acceptance)
+        )
+        step_size = torch.where(age < self.adapt_steps, adapted, step_size)
+        return step_size, {**owned, AGE: age + 1}

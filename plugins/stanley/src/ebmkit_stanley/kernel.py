@@ -9,14 +9,18 @@ import torch
 from torch import Tensor
 
 from ebmkit import (
+    LONE_STEP,
     ChainState,
     Energy,
     MarkovKernel,
+    StepContext,
     StepInfo,
     batch_view,
+    check_clamp,
     diagonal_gaussian_log_prob,
     energy_and_grad,
     gaussian_noise,
+    kept_from_previous,
     metropolis_accept,
     select_chains,
 )
@@ -25,16 +29,12 @@ __all__ = [
     "LEGACY_NOISE_SCALE",
     "REDUCTIONS",
     "Stanley",
-    "StanleyState",
     "anisotropic_step_size",
     "gradient_magnitude",
     "metropolis_log_ratio",
     "proposal_log_prob",
     "proposal_mean",
 ]
-
-StanleyState = ChainState
-"""A STANLEY chain state: x, E(x), ∇E(x) and ``extras["gamma"]`` = Γ(x), the diagonal step."""
 
 REDUCTIONS = ("elementwise", "channel", "sample")
 """How r(x), the gradient magnitude that sets Γ(x), is taken: see `gradient_magnitude`."""
@@ -118,15 +118,6 @@ def metropolis_log_ratio(current: ChainState, proposal: ChainState) -> Tensor:
     return current.energy - proposal.energy + reverse - forward
 
 
-def _check_clamp(
-    instance: object, attribute: attrs.Attribute, value: tuple[float, float] | None
-) -> None:
-    if value is not None and not (len(value) == 2 and value[0] < value[1]):
-        raise ValueError(
-            f"samplers.Stanley.{attribute.name} must be (low, high) with low < high, got {value}"
-        )
-
-
 @attrs.define(kw_only=True)
 class Stanley(MarkovKernel):
     """STANLEY (AniLA): Langevin whose diagonal step Γ(x) shrinks where the gradient is large.
@@ -183,7 +174,7 @@ class Stanley(MarkovKernel):
         default=100, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
     )
     clamp: tuple[float, float] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(tuple), validator=_check_clamp
+        default=None, converter=attrs.converters.optional(tuple), validator=check_clamp
     )
 
     def __attrs_post_init__(self) -> None:
@@ -226,35 +217,46 @@ class Stanley(MarkovKernel):
         """
         return math.sqrt(self.step_size) * (gamma / self.step_size).sqrt()
 
-    def init(self, x: Tensor, energy: Energy) -> ChainState:
-        """Chains at `x` with E, ∇E and Γ (``extras["gamma"]``) cached."""
+    def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
+        """Chains at `x` with E, ∇E and Γ (``extras["gamma"]``) cached.
+
+        A continued chain (`previous`) keeps what other kernels own; Γ is recomputed.
+        """
         if x.dim() < 2:
             raise ValueError(
                 f"Stanley needs chains shaped (B, ...) with at least one dimension per "
                 f"sample, got {tuple(x.shape)}; reshape to (B, 1)"
             )
+        step_size, owned = kept_from_previous(x, previous)
         value, grad = energy_and_grad(energy, x)
-        return ChainState(x=x, energy=value, grad=grad, extras={"gamma": self.step_sizes(grad)})
+        return ChainState(
+            x=x,
+            energy=value,
+            grad=grad,
+            step_size=step_size,
+            extras={"gamma": self.step_sizes(grad)},
+            owned=owned,
+        )
 
     def _ready(self, state: ChainState, energy: Energy) -> tuple[ChainState, int]:
         """`state` with E, ∇E and Γ at x, and the gradient evaluations that cost (0 or 1)."""
         if state.grad is None:
-            return self.init(state.x, energy), 1
+            return self.init(state.x, energy, previous=state), 1
         if "gamma" not in state.extras:  # a state made by another kernel
             extras = {**state.extras, "gamma": self.step_sizes(state.grad)}
             return attrs.evolve(state, extras=extras), 0
         return state, 0
 
-    def _transition(
+    def step(
         self,
         state: ChainState,
         energy: Energy,
-        index: int,
-        n_steps: int,
-        generator: torch.Generator | None,
         *,
-        final: bool,
+        generator: torch.Generator | None = None,
+        context: StepContext | None = None,
     ) -> tuple[ChainState, StepInfo]:
+        """One STANLEY move (MH-corrected if `metropolis`); Γ comes with the state's ∇E."""
+        context = LONE_STEP if context is None else context
         state, n_grad_evals = self._ready(state, energy)
         x, grad, gamma = state.x, state.grad, state.extras["gamma"]
         noise = gaussian_noise(x, generator)
@@ -267,11 +269,15 @@ class Stanley(MarkovKernel):
             return self._metropolis(state, proposal, energy, generator, n_grad_evals, mean_step)
         if self.clamp is not None:
             proposal = proposal.clamp(*self.clamp)
+        kept = ChainState(
+            x=proposal, energy=None, grad=None, step_size=state.step_size, owned=state.owned
+        )
         del state, x, grad, gamma, noise  # free the old ∇E and Γ before the next gradient
-        if final:  # nothing needs ∇E at the last point: skip that gradient evaluation
-            new_state = ChainState(x=proposal, energy=None, grad=None)
+        if context.last:  # nothing needs ∇E at the last point: skip that gradient evaluation
+            new_state = kept
         else:
-            new_state, n_grad_evals = self.init(proposal, energy), n_grad_evals + 1
+            new_state = self.init(proposal, energy, previous=kept)
+            n_grad_evals += 1
         info = StepInfo(
             acceptance_prob=None, accepted=None, step_size=mean_step, n_grad_evals=n_grad_evals
         )
@@ -287,7 +293,7 @@ class Stanley(MarkovKernel):
         mean_step: Tensor,
     ) -> tuple[ChainState, StepInfo]:
         """Accept or reject `proposal` per chain; E, ∇E and Γ at y come from one gradient."""
-        candidate = self.init(proposal, energy)
+        candidate = self.init(proposal, energy, previous=state)
         log_ratio = metropolis_log_ratio(state, candidate)
         if self.clamp is not None:  # exp(−E) restricted to the box: outside has density 0
             low, high = self.clamp
@@ -299,7 +305,9 @@ class Stanley(MarkovKernel):
             x=select_chains(accepted, candidate.x, state.x),
             energy=torch.where(accepted, candidate.energy, state.energy),
             grad=select_chains(accepted, candidate.grad, state.grad),
-            extras={**state.extras, "gamma": gamma},
+            step_size=state.step_size,
+            extras={"gamma": gamma},  # other kernels' caches are dropped: x has moved
+            owned=state.owned,
         )
         info = StepInfo(
             acceptance_prob=acceptance_prob,
