@@ -2,7 +2,7 @@
 
 The two configs differ only in the sampler (gin/langevin_rings.gin, gin/stanley_rings.gin:
 same energy, data, noise start, 100 short-run steps, rounds and optimizer). Each is trained
-with `ebmkit.run.run_experiment` into its own folder; then `--samples` fresh short-run chains
+with `ebmkit.runs.run_experiment` into its own folder; then `--samples` fresh short-run chains
 are drawn from the trained energy with the run's own sampler and initializer, and scored
 against the exact rings density:
 
@@ -34,8 +34,7 @@ import gin
 from ebmkit.checkpoint.files import load_checkpoint
 from ebmkit.checkpoint.rng import seed_everything
 from ebmkit.metrics.toy import toy_metrics
-from ebmkit.run import run_experiment
-from ebmkit.sampling import build_parts, draw_samples, find_checkpoint
+from ebmkit.runs import build_parts, draw_samples, find_checkpoint, run_experiment
 
 GIN = Path(__file__).resolve().parents[1] / "gin"
 ROWS = [

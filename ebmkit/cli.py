@@ -90,7 +90,7 @@ def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from ebmkit.sampling import sample_run
+    from ebmkit.runs.draw import sample_run
 
     for flag, value, least in (
         ("--n", args.n, 1),
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "config":
             _print_config(args.config, args.bind)
         elif args.command == "run":
-            from ebmkit.run import run_experiment
+            from ebmkit.runs.train import run_experiment
 
             summary = run_experiment(
                 args.config, args.out, args.rounds, args.bind, resume=args.resume

@@ -26,7 +26,7 @@ def parse_config(
     `include` lines resolve against the config's own folder, so gin/x.gin can include
     `base/toy.gin`. Raises ConfigError naming the file, the line and what would be valid.
     """
-    import ebmkit.run  # noqa: F401 - defines the `experiment` configurable every config binds
+    import ebmkit.runs.experiment  # noqa: F401 - registers `experiment`, which every config binds
 
     registry = registry or get_registry()
     if not config.is_file():

@@ -11,7 +11,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-import ebmkit.run  # noqa: F401 - defines `experiment` (`ebmkit config` alone does not yet)
+import ebmkit.runs.experiment  # noqa: F401 - defines the `experiment` configurable
 from ebmkit.cli import main
 from ebmkit.data.images import DATA_ROOT_ENV, ImageDataset
 from ebmkit.data.loader import ResumableLoader
@@ -279,8 +279,8 @@ def test_dequantised_batches_resume_exactly_from_loader_and_rng_state():
 def test_data_grid_and_energy_histograms(flowers, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from ebmkit.logging.images import log_data_grid, log_energy_histograms
-    from ebmkit.logging.run_logger import RunLogger
+    from ebmkit.tracking.images import log_data_grid, log_energy_histograms
+    from ebmkit.tracking.run_logger import RunLogger
 
     dataset = create("dataset", "Flowers102", root=str(flowers), dequantize_std=0.03)
     logger = RunLogger(tmp_path / "run")

@@ -228,7 +228,7 @@ def test_the_comparison_catches_a_resume_that_forgets_state(
     assert run_cli(["run", str(config), "--out", str(whole), "--rounds", "4"])[0] == 0
     assert run_cli(["run", str(config), "--out", str(parts), "--rounds", "2"])[0] == 0
     if sabotage == "rng":
-        monkeypatch.setattr("ebmkit.run.set_rng_state", lambda state: None)
+        monkeypatch.setattr("ebmkit.runs.train.set_rng_state", lambda state: None)
     else:
         monkeypatch.setattr(ResumableLoader, "load_state_dict", lambda self, state: None)
     argv = ["run", str(config), "--out", str(parts), "--rounds", "4", "--resume"]

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-import ebmkit.run  # noqa: F401 - defines the `experiment` configurable
+import ebmkit.runs.experiment  # noqa: F401 - defines the `experiment` configurable
 from ebmkit.checkpoint.files import load_checkpoint
 from ebmkit.cli import main
 from ebmkit.errors import ConfigError
-from ebmkit.sampling import build_parts, parse_config_string
+from ebmkit.runs.draw import build_parts, parse_config_string
 
 POINTS_CONFIG = """
 experiment.trainer = @trainers.Contrastive()

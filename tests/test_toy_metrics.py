@@ -21,7 +21,6 @@ from ebmkit.data.toy import (
     ToyDataset,
     TwoMoons,
 )
-from ebmkit.logging.plots import density_figure, save_figure
 from ebmkit.metrics.toy import (
     energy_grid,
     grid_kl,
@@ -32,6 +31,7 @@ from ebmkit.metrics.toy import (
     sliced_wasserstein,
     toy_metrics,
 )
+from ebmkit.tracking.plots import density_figure, save_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

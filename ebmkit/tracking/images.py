@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from ebmkit.initializers.data import first_tensor
-from ebmkit.logging.run_logger import RunLogger
 from ebmkit.records import Round
+from ebmkit.tracking.run_logger import RunLogger
 
 __all__ = ["log_data_grid", "log_energy_histograms"]
 

@@ -49,7 +49,7 @@ def parse_config_string(text: str, origin: str = "the operative config") -> None
 
     Raises ConfigError naming `origin`, e.g. when the config uses a plugin not installed.
     """
-    import ebmkit.run  # noqa: F401 - defines the `experiment` configurable the text binds
+    import ebmkit.runs.experiment  # noqa: F401 - registers `experiment`, which the text binds
 
     registry = get_registry()
     gin.clear_config()

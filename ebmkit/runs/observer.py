@@ -1,0 +1,158 @@
+r"""The run observer: logs each round, saves pictures, evaluates toy metrics, checkpoints."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ebmkit.checkpoint.files import save_checkpoint
+from ebmkit.checkpoint.rng import get_rng_state
+from ebmkit.errors import DivergenceError
+from ebmkit.records import Round
+from ebmkit.runs.experiment import Experiment
+from ebmkit.tracking.images import log_data_grid, log_energy_histograms
+from ebmkit.tracking.run_logger import RunLogger
+
+__all__ = ["RunObserver"]
+
+
+def _is_toy(dataset: Any) -> bool:
+    return callable(getattr(dataset, "log_density", None)) and hasattr(dataset, "bounds")
+
+
+class RunObserver:
+    """Logs each round, draws samples, evaluates toy metrics and writes checkpoints."""
+
+    def __init__(self, experiment: Experiment, run_dir: Path, operative_config: str) -> None:
+        self.experiment = experiment
+        self.run_dir = run_dir
+        self.operative_config = operative_config
+        self.logger = RunLogger(run_dir)
+        self.final_metrics: dict[str, float] = {}
+        self._clock = time.perf_counter()
+        self._rounds_since_log = 0
+        self._progress: tqdm | None = None
+        self._introduced = False
+        # Rollbacks so far and their step factor: checkpointed, so a resumed run re-applies
+        # the same multiplications to its freshly built sampler.
+        self.rollbacks = 0
+        self.rollback_factor = experiment.rollback_factor
+
+    def before_fit(self, trainer: Any) -> None:
+        if not self._introduced:  # fit runs again after a rollback: log these once
+            self.logger.text("operative_config", "```\n" + self.operative_config + "\n```")
+            if trainer.round_index == 0:
+                log_data_grid(self.logger, trainer.dataset, self.run_dir / "samples")
+            self._introduced = True
+        if self._progress is not None:
+            self._progress.close()
+        self._progress = tqdm(
+            total=trainer.n_rounds, initial=trainer.round_index, desc="rounds", mininterval=1
+        )
+        self._clock = time.perf_counter()
+
+    def after_round(self, trainer: Any, round: Round) -> None:
+        experiment, index = self.experiment, round.index
+        self._rounds_since_log += 1
+        if index % experiment.log_every == 0 or index == trainer.n_rounds:
+            self._log_scalars(trainer, round)
+        if _is_toy(trainer.dataset) and (
+            index % experiment.eval_every == 0 or index == trainer.n_rounds
+        ):
+            self.final_metrics = self._toy_metrics(trainer, round)
+            self.logger.scalars(index, {f"metrics/{k}": v for k, v in self.final_metrics.items()})
+        if index % experiment.sample_every == 0 or index == trainer.n_rounds:
+            self._pictures(trainer, round)
+        if index % experiment.checkpoint_every == 0 or index == trainer.n_rounds:
+            self.checkpoint(trainer)
+        if self._progress is not None:
+            self._progress.update(1)
+
+    def after_fit(self, trainer: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the progress bar and flush the logs (safe to call twice, e.g. after an error)."""
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.logger.close()
+
+    def checkpoint(self, trainer: Any) -> Path:
+        state = trainer.state_dict()
+        state["rng"] = get_rng_state()
+        state["operative_config"] = self.operative_config
+        state["divergence"] = {"rollbacks": self.rollbacks, "factor": self.rollback_factor}
+        return save_checkpoint(
+            state,
+            self.run_dir / "checkpoints",
+            trainer.round_index,
+            self.experiment.keep_checkpoints,
+        )
+
+    def rolled_back(self, trainer: Any, error: DivergenceError, checkpoint: Path) -> str:
+        """Count a rollback and say what happened (stderr and tensorboard); the message."""
+        self.rollbacks += 1
+        cause = str(error).split(";")[0]  # "round N: non-finite …" without "training stopped"
+        message = (
+            f"ebmkit: {cause}: rolled back to round {trainer.round_index} "
+            f"({checkpoint.name}); sampler step size ×{self.rollback_factor:g} → "
+            f"{trainer.sampler.step_size:.4g} (rollback {self.rollbacks} of "
+            f"{self.experiment.max_rollbacks})"
+        )
+        tqdm.write(message, file=sys.stderr)
+        self.logger.text("divergence", message, step=error.round_index)
+        return message
+
+    def _log_scalars(self, trainer: Any, round: Round) -> None:
+        elapsed = time.perf_counter() - self._clock
+        result = round.result
+        values: dict[str, Tensor | float] = {
+            "energy/data": round.energy_data.mean(),
+            "energy/samples": round.energy_model.mean(),
+            "energy/gap": round.energy_gap,
+            **round.losses,
+            "sampler/step_size": result.step_size.float().mean(),
+            "perf/samples_per_s": self._rounds_since_log * trainer.batch_size / max(elapsed, 1e-9),
+        }
+        if result.acceptance_rate is not None:
+            values["sampler/acceptance_rate"] = result.acceptance_rate.mean()
+        scalars = {k: float(v) for k, v in values.items()}
+        self.logger.scalars(round.index, scalars)
+        log_energy_histograms(self.logger, round)
+        if self._progress is not None:
+            self._progress.set_postfix(
+                gap=f"{scalars['energy/gap']:.3g}", loss=f"{scalars['loss/total']:.3g}"
+            )
+        self._clock, self._rounds_since_log = time.perf_counter(), 0
+
+    def _toy_metrics(self, trainer: Any, round: Round) -> dict[str, float]:
+        from ebmkit.metrics.toy import toy_metrics
+
+        generator = torch.Generator().manual_seed(round.index)
+        return toy_metrics(trainer.energy, round.result.x.cpu(), trainer.dataset, generator)
+
+    def _pictures(self, trainer: Any, round: Round) -> None:
+        samples = round.result.x.detach().cpu()
+        folder = self.run_dir / "samples"
+        folder.mkdir(exist_ok=True)
+        if _is_toy(trainer.dataset) and samples.dim() == 2 and samples.shape[1] == 2:
+            from ebmkit.tracking.plots import density_figure, save_figure
+
+            figure = density_figure(trainer.energy, samples, trainer.dataset)
+            self.logger.figure("samples/density", round.index, figure)
+            save_figure(figure, folder / f"round-{round.index:08d}.png")
+        elif samples.dim() == 4:
+            from torchvision.utils import make_grid, save_image
+
+            grid = make_grid(
+                samples[:64].clamp(-1, 1), nrow=8, normalize=True, value_range=(-1, 1)
+            )
+            self.logger.image("samples/grid", round.index, grid)
+            save_image(grid, folder / f"round-{round.index:08d}.png")
