@@ -2,9 +2,14 @@ r"""The built-in plugin: registers the core's components through the same hook a
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import torch
 
 import gin
+from ebmkit.commands import CommandTable
 from ebmkit.data import images
 from ebmkit.data.digits import digits
 from ebmkit.data.toy import TOY_DATASETS
@@ -22,6 +27,70 @@ from ebmkit.registry import Registry
 from ebmkit.samplers.langevin import Langevin
 from ebmkit.samplers.mala import MALA
 from ebmkit.trainers.contrastive import Contrastive
+
+BUILTIN_KINDS = {
+    "energy": ("energies", "E(x): a batch (B, ...) to energies (B,), lower is likelier"),
+    "sampler": ("samplers", "Markov chains on an energy"),
+    "initializer": ("initializers", "where chains start, and what they learn between rounds"),
+    "trainer": ("trainers", "fits an energy (and every Learnable) round after round"),
+    "dataset": ("datasets", "training data: toy 2-D sets and image sets"),
+    "metric": ("metrics", "scores samples against data or an exact density"),
+}
+
+
+@hookimpl
+def ebmkit_add_kinds(registry: Registry) -> None:
+    """The core's six kinds; plugins add theirs through the same hook."""
+    for kind, (plural, doc) in BUILTIN_KINDS.items():
+        registry.add_kind(kind, plural=plural, doc=doc)
+
+
+@hookimpl
+def ebmkit_add_eval_tasks(tasks: CommandTable) -> None:
+    """`ebmkit eval fid`."""
+    tasks.add(
+        "fid",
+        help="Fréchet Inception Distance between two image sets",
+        configure_parser=_fid_parser,
+        run=_run_fid,
+    )
+
+
+def _fid_parser(parser: argparse.ArgumentParser) -> None:
+    """The flags of `ebmkit eval fid`."""
+    parser.add_argument(
+        "--samples", required=True, help="a folder of images or an .npz of (mu, sigma)"
+    )
+    parser.add_argument(
+        "--reference", required=True, help="a folder of images or an .npz of (mu, sigma)"
+    )
+    parser.add_argument("--dims", type=int, default=2048, help="64 | 192 | 768 | 2048 (default)")
+    parser.add_argument(
+        "--fid-weights",
+        help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: "
+        "$EBMKIT_FID_WEIGHTS, else torch's hub cache)",
+    )
+    parser.add_argument(
+        "--random-weights", action="store_true", help="untrained network (tests only)"
+    )
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--save-stats", type=Path, help="also write the samples' (mu, sigma) .npz")
+
+
+def _run_fid(args: argparse.Namespace) -> None:
+    """Print the FID summary of `ebmkit eval fid` as JSON."""
+    summary = fid_metric.fid_between_paths(
+        args.samples,
+        args.reference,
+        dims=args.dims,
+        weights=args.fid_weights,
+        random_weights=args.random_weights,
+        batch_size=args.batch_size,
+        device=args.device,
+        save_samples_stats=args.save_stats,
+    )
+    print(json.dumps(summary, indent=2))
 
 
 @hookimpl

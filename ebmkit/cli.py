@@ -9,14 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import gin
+from ebmkit.commands import Command
 from ebmkit.config import parse_config
 from ebmkit.errors import EbmkitError
-from ebmkit.registry import KINDS, PLURALS, Registry, reset_registry
+from ebmkit.registry import Registry, reset_registry
 
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(registry: Registry) -> argparse.ArgumentParser:
+    """The whole command line: ebmkit's own commands plus those and the eval tasks of plugins."""
     parser = argparse.ArgumentParser(
         prog="ebmkit", description="Train and sample energy-based models from gin configs."
     )
@@ -42,14 +44,27 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
 
     _add_sample_parser(commands)
-    _add_eval_parser(commands)
+    _add_eval_parser(commands, registry)
 
-    commands.add_parser("plugins", help="list plugins and the components each registers")
+    commands.add_parser(
+        "plugins", help="list plugins and the kinds, components, commands and tasks each adds"
+    )
 
     config = commands.add_parser("config", help="print the resolved config, or its error")
     config.add_argument("config", type=Path)
     config.add_argument("--bind", action="append", default=[], metavar="'a.b = v'")
+    for command in registry.commands:
+        _add_plugin_parser(commands, command)
     return parser
+
+
+def _add_plugin_parser(commands: argparse._SubParsersAction, command: Command) -> None:
+    """A plugin's command or eval task: its help, then the flags its plugin declares."""
+    by = "" if command.plugin == "ebmkit" else f" [plugin {command.plugin}]"
+    parser = commands.add_parser(
+        command.name, help=command.help + by, description=command.help + by
+    )
+    command.configure_parser(parser)
 
 
 def _add_sample_parser(commands: argparse._SubParsersAction) -> None:
@@ -65,28 +80,17 @@ def _add_sample_parser(commands: argparse._SubParsersAction) -> None:
     sample.add_argument("--device", help="where to sample (default: the run's device)")
 
 
-def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
-    evaluate = commands.add_parser("eval", help="evaluate samples (FID)")
-    metrics = evaluate.add_subparsers(dest="metric", required=True)
-    fid = metrics.add_parser("fid", help="Fréchet Inception Distance between two image sets")
-    fid.add_argument(
-        "--samples", required=True, help="a folder of images or an .npz of (mu, sigma)"
+def _add_eval_parser(commands: argparse._SubParsersAction, registry: Registry) -> None:
+    names = ", ".join(registry.eval_tasks.names())
+    evaluate = commands.add_parser(
+        "eval",
+        help=f"evaluate samples ({names})",
+        description="Evaluation tasks of ebmkit and its plugins (a plugin adds one through the "
+        "ebmkit_add_eval_tasks hook).",
     )
-    fid.add_argument(
-        "--reference", required=True, help="a folder of images or an .npz of (mu, sigma)"
-    )
-    fid.add_argument("--dims", type=int, default=2048, help="64 | 192 | 768 | 2048 (default)")
-    fid.add_argument(
-        "--fid-weights",
-        help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: "
-        "$EBMKIT_FID_WEIGHTS, else torch's hub cache)",
-    )
-    fid.add_argument(
-        "--random-weights", action="store_true", help="untrained network (tests only)"
-    )
-    fid.add_argument("--batch-size", type=int, default=50)
-    fid.add_argument("--device", default="cpu")
-    fid.add_argument("--save-stats", type=Path, help="also write the samples' (mu, sigma) .npz")
+    tasks = evaluate.add_subparsers(dest="task", required=True, metavar="TASK")
+    for task in registry.eval_tasks:
+        _add_plugin_parser(tasks, task)
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -106,20 +110,22 @@ def _sample(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
-def _eval_fid(args: argparse.Namespace) -> None:
-    from ebmkit.metrics.fid import fid_between_paths
-
-    summary = fid_between_paths(
-        args.samples,
-        args.reference,
-        dims=args.dims,
-        weights=args.fid_weights,
-        random_weights=args.random_weights,
-        batch_size=args.batch_size,
-        device=args.device,
-        save_samples_stats=args.save_stats,
-    )
-    print(json.dumps(summary, indent=2))
+def _plugin_options(argv: Sequence[str]) -> list[str]:
+    """The `-p` values before the subcommand, read before parsing: the parser needs the
+    registry (plugins add commands and eval tasks), and the registry needs the blocked names."""
+    options = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "-p":
+            value = next(tokens, None)
+            if value is None:
+                break  # argparse reports the missing value
+            options.append(value)
+        elif token.startswith("-p"):
+            options.append(token[2:].removeprefix("="))
+        elif not token.startswith("-"):
+            break
+    return options
 
 
 def _blocked(options: Sequence[str]) -> list[str]:
@@ -136,13 +142,21 @@ def _print_plugins(registry: Registry) -> None:
     for info in registry.plugins.values():
         status = "blocked" if info.blocked else ("BROKEN: " + info.error if info.error else "ok")
         print(f"  {info.name} ({info.distribution} {info.version}): {status}")
-    for kind in KINDS:
+    print("kinds:")
+    for kind in map(registry.kind, registry.kinds()):
+        print(f"  {kind.name:<22} [{kind.plugin}] {kind.plural}.<Name>: {kind.doc}")
+    for kind in registry.kinds():
         components = registry.components(kind)
         if not components:
             continue
-        print(f"{PLURALS[kind]}:")
+        print(f"{registry.plural(kind)}:")
         for component in components:
             print(f"  {component.name:<22} [{component.plugin}] {component.summary}")
+    for heading, table in (("commands", registry.commands), ("eval tasks", registry.eval_tasks)):
+        if len(table):
+            print(f"{heading}:")
+        for command in table:
+            print(f"  {command.name:<22} [{command.plugin}] {command.help}")
 
 
 def _print_config(config: Path, bindings: Sequence[str]) -> None:
@@ -153,9 +167,15 @@ def _print_config(config: Path, bindings: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ebmkit` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        registry = reset_registry(blocked=_blocked(args.plugin_options))
+        registry = reset_registry(blocked=_blocked(_plugin_options(argv)))
+    except EbmkitError as error:
+        print(f"ebmkit: error: {error}", file=sys.stderr)
+        return 1
+    args = _parser(registry).parse_args(argv)
+    status = None
+    try:
         if args.command == "plugins":
             _print_plugins(registry)
         elif args.command == "config":
@@ -169,12 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(summary, indent=2))
         elif args.command == "sample":
             _sample(args)
-        elif args.command == "eval" and args.metric == "fid":
-            _eval_fid(args)
+        elif args.command == "eval":
+            status = registry.eval_tasks.get(args.task).run(args)
+        elif args.command in registry.commands:
+            status = registry.commands.get(args.command).run(args)
     except EbmkitError as error:
         print(f"ebmkit: error: {error}", file=sys.stderr)
         return 1
-    return 0
+    return 0 if status is None else status
 
 
 if __name__ == "__main__":

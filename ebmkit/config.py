@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gin
 from ebmkit.errors import ConfigError
-from ebmkit.registry import KIND_OF_PLURAL, Registry, get_registry
+from ebmkit.registry import Registry, get_registry
 
 __all__ = ["parse_config", "set_rounds"]
 
@@ -52,20 +52,19 @@ def _explain(message: str, config: Path, registry: Registry) -> str:
     """gin's message, plus the choices it did not list."""
     if match := _UNKNOWN_CONFIGURABLE.search(message):
         name = match.group(1)
-        kind = KIND_OF_PLURAL.get(name.rpartition(".")[0])
+        kind = registry.kind_of_plural(name.rpartition(".")[0])
         if kind is not None:
             known = ", ".join(f"{c.gin_name} ({c.plugin})" for c in registry.components(kind))
             message += f"\nregistered {kind}s: {known}"
         else:
-            message += (
-                f"\ncomponents are named <kinds>.<Name>, kinds one of {sorted(KIND_OF_PLURAL)}"
-            )
+            plurals = sorted(map(registry.plural, registry.kinds()))
+            message += f"\ncomponents are named <kinds>.<Name>, kinds one of {plurals}"
         for plugin in registry.broken_plugins():
             message += f"\nplugin {plugin.name!r} failed to import: {plugin.error}"
     elif match := _UNKNOWN_PARAMETER.search(message):
         plural, _, name = match.group(1).rpartition(".")
         try:
-            factory = registry.get(KIND_OF_PLURAL.get(plural, plural), name).factory
+            factory = registry.get(registry.kind_of_plural(plural) or plural, name).factory
             parameters = ", ".join(inspect.signature(factory).parameters)
             message += f"\nits parameters are: {parameters}"
         except (ValueError, KeyError):

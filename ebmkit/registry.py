@@ -1,4 +1,4 @@
-r"""The component registry: pluggy finds plugins; each registers components by kind and name."""
+r"""The component registry: pluggy finds plugins; each adds kinds, components and commands."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import functools
 import importlib.metadata
 import inspect
 import os
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -14,13 +15,12 @@ import pluggy
 
 import gin
 from ebmkit import hookspecs
+from ebmkit.commands import BUILTIN_COMMANDS, CommandTable
 from ebmkit.errors import UnknownComponentError
 
 __all__ = [
-    "KIND_OF_PLURAL",
-    "KINDS",
-    "PLURALS",
     "Component",
+    "Kind",
     "PluginInfo",
     "Registry",
     "build_registry",
@@ -30,12 +30,20 @@ __all__ = [
     "reset_registry",
 ]
 
-KINDS = ("energy", "sampler", "initializer", "trainer", "dataset", "metric")
-PLURALS = {kind: "energies" if kind == "energy" else f"{kind}s" for kind in KINDS}
-KIND_OF_PLURAL = {plural: kind for kind, plural in PLURALS.items()}
 ENTRY_POINT_GROUP = "ebmkit"
 AUTOLOAD_ENV = "EBMKIT_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_PLUGIN = "ebmkit"
+# The hooks the registry calls, in this order, each for every plugin before the next: every
+# kind exists before any component is added, whatever the order the plugins load in.
+COLLECT_HOOKS = (
+    "ebmkit_add_kinds",
+    "ebmkit_register",
+    "ebmkit_add_commands",
+    "ebmkit_add_eval_tasks",
+)
+_KIND_NAME = re.compile(r"[a-z][a-z0-9_]*")
+# Headings of `ebmkit plugins` that are not kinds' plurals; a kind may not take them.
+_LISTING_HEADINGS = ("plugins", "kinds", "commands")
 
 # gin's registry is process-global: remember what we put there so rebuilding the registry
 # (tests, `-p no:NAME`) does not try to register a name twice.
@@ -58,6 +66,16 @@ class PluginInfo:
 
 
 @attrs.frozen
+class Kind:
+    """A component kind: its name, its gin plural, a one-line doc and the plugin that added it."""
+
+    name: str
+    plural: str
+    doc: str
+    plugin: str
+
+
+@attrs.frozen
 class Component:
     """A registered factory: its kind, name, the plugin that registered it and its one-line doc."""
 
@@ -65,10 +83,11 @@ class Component:
     name: str
     factory: Callable[..., Any]
     plugin: str
+    plural: str  # the kind's plural: the gin module of the factory
 
     @property
     def gin_name(self) -> str:
-        return f"{PLURALS[self.kind]}.{self.name}"
+        return f"{self.plural}.{self.name}"
 
     @property
     def summary(self) -> str:
@@ -77,31 +96,107 @@ class Component:
 
 
 class Registry:
-    """Components by kind and name, filled by every plugin's `ebmkit_register` hook."""
+    """Kinds, components by kind and name, commands and eval tasks, filled by the plugins' hooks.
+
+    The hooks run in the order of `COLLECT_HOOKS` (see hookspecs.py); ``commands`` and
+    ``eval_tasks`` are the tables `ebmkit_add_commands` and `ebmkit_add_eval_tasks` fill.
+    """
 
     def __init__(self) -> None:
-        self._components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+        self._kinds: dict[str, Kind] = {}
+        self._kinds_open = True  # closed once every plugin's ebmkit_add_kinds has run
+        self._components: dict[str, dict[str, Component]] = {}
         self.plugins: dict[str, PluginInfo] = {}
         self._current_plugin = BUILTIN_PLUGIN
+        self.commands = CommandTable("command", lambda: self._current_plugin, BUILTIN_COMMANDS)
+        self.eval_tasks = CommandTable("eval task", lambda: self._current_plugin)
+
+    def add_kind(self, kind: str, *, plural: str | None = None, doc: str = "") -> None:
+        """Add a component kind; its components become the gin configurables `<plural>.<Name>`.
+
+        Call it from the `ebmkit_add_kinds` hook, which runs for every plugin before any
+        `ebmkit_register`; later it raises ValueError, as does a name or plural already taken.
+
+        Arguments:
+            kind: a lower-case identifier, e.g. "flow".
+            plural: the gin module of the kind's components; default `kind` + "s".
+            doc: one line for `ebmkit plugins`.
+
+        Example:
+            >>> registry = Registry()
+            >>> registry.add_kind("flow", plural="flows", doc="normalizing flows")
+            >>> registry.kinds(), registry.plural("flow"), registry.kind_of_plural("flows")
+            (('flow',), 'flows', 'flow')
+        """
+        plural = f"{kind}s" if plural is None else plural
+        new = Kind(kind, plural, doc, self._current_plugin)
+        if self._kinds.get(kind) == new:
+            return
+        if not self._kinds_open:
+            raise ValueError(
+                f"kind {kind!r} of plugin {new.plugin!r} is added too late: add kinds in the "
+                "ebmkit_add_kinds hook, which runs for every plugin before any ebmkit_register"
+            )
+        for word, what in ((kind, "kind"), (plural, "plural")):
+            if not isinstance(word, str) or not _KIND_NAME.fullmatch(word):
+                raise ValueError(
+                    f"{what} {word!r} of plugin {new.plugin!r} is not a lower-case identifier "
+                    "(letters, digits and '_', starting with a letter); rename it"
+                )
+        if plural in _LISTING_HEADINGS:
+            raise ValueError(
+                f"plural {plural!r} of kind {kind!r} (plugin {new.plugin!r}) is a heading of "
+                f"`ebmkit plugins` ({', '.join(_LISTING_HEADINGS)}); pass another plural="
+            )
+        if kind in self._kinds:
+            raise ValueError(
+                f"kind {kind!r} is registered twice: by plugin {self._kinds[kind].plugin!r} and "
+                f"by {new.plugin!r}; rename one, or block one with -p no:NAME"
+            )
+        for other in self._kinds.values():
+            if {kind, plural} & {other.name, other.plural}:
+                raise ValueError(
+                    f"kind {kind!r} (plural {plural!r}) of plugin {new.plugin!r} clashes with "
+                    f"kind {other.name!r} (plural {other.plural!r}) of plugin {other.plugin!r}; "
+                    "choose another name or plural="
+                )
+        self._kinds[kind] = new
+        self._components[kind] = {}
+
+    def kinds(self) -> tuple[str, ...]:
+        """Every kind, in the order the plugins added them (the built-in six first)."""
+        return tuple(self._kinds)
+
+    def kind(self, kind: str) -> Kind:
+        """The record of `kind`; an unknown kind raises ValueError naming the kinds."""
+        self._check_kind(kind)
+        return self._kinds[kind]
+
+    def plural(self, kind: str) -> str:
+        """The gin plural of `kind`: ``registry.plural("energy") == "energies"``."""
+        return self.kind(kind).plural
+
+    def kind_of_plural(self, plural: str) -> str | None:
+        """The kind whose gin plural is `plural`, or None."""
+        return next((k.name for k in self._kinds.values() if k.plural == plural), None)
 
     def add(self, kind: str, name: str, factory: Callable[..., Any]) -> None:
         """Register `factory` as component `name` of `kind`, and as gin configurable."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown component kind {kind!r}; the kinds are {', '.join(KINDS)}")
+        self._check_kind(kind)
         existing = self._components[kind].get(name)
         if existing is not None and existing.factory is not factory:
             raise ValueError(
                 f"{kind} {name!r} is registered twice: by plugin {existing.plugin!r} and by "
                 f"{self._current_plugin!r}; rename one, or block one with -p no:NAME"
             )
-        component = Component(kind, name, factory, self._current_plugin)
+        plural = self._kinds[kind].plural
+        component = Component(kind, name, factory, self._current_plugin, plural)
         _register_with_gin(component)
         self._components[kind][name] = component
 
     def get(self, kind: str, name: str) -> Component:
         """The component `name` of `kind`; unknown names list what is registered."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown component kind {kind!r}; the kinds are {', '.join(KINDS)}")
+        self._check_kind(kind)
         try:
             return self._components[kind][name]
         except KeyError:
@@ -113,13 +208,27 @@ class Registry:
 
     def components(self, kind: str | None = None) -> list[Component]:
         """Registered components, of one kind or all, sorted by kind then name."""
-        kinds = KINDS if kind is None else (kind,)
+        if kind is not None:
+            self._check_kind(kind)
+        kinds = self.kinds() if kind is None else (kind,)
         return [c for k in kinds for _, c in sorted(self._components[k].items())]
 
     def broken_plugins(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.error is not None]
 
+    def _check_kind(self, kind: str) -> None:
+        if kind not in self._kinds:
+            raise ValueError(self._unknown_kind_message(kind))
+
+    def _unknown_kind_message(self, kind: str) -> str:
+        message = f"unknown component kind {kind!r}; the kinds are {', '.join(self._kinds)}"
+        for plugin in self.broken_plugins():
+            message += f"\nplugin {plugin.name!r} is broken and its kinds skipped: {plugin.error}"
+        return message
+
     def _unknown_message(self, kind: str, name: str) -> str:
+        if kind not in self._kinds:
+            return self._unknown_kind_message(kind)
         registered = ", ".join(f"{c.name} ({c.plugin})" for c in self.components(kind)) or "none"
         message = f"unknown {kind} {name!r}; registered {kind}s: {registered}"
         for plugin in self.broken_plugins():
@@ -127,36 +236,52 @@ class Registry:
         return message
 
     def _collect(self, manager: pluggy.PluginManager) -> None:
-        """Call each plugin's `ebmkit_register` with the registry, attributing what it adds."""
-        # Registration order: the built-in plugin first, so a plugin reusing a built-in name
-        # is the one reported broken.
-        for impl in manager.hook.ebmkit_register.get_hookimpls():
-            self._current_plugin = impl.plugin_name
-            try:
-                impl.function(**{arg: self for arg in impl.argnames})
-            except Exception as error:  # noqa: BLE001 - a broken plugin is reported, not fatal
-                if impl.plugin_name == BUILTIN_PLUGIN:
-                    raise
-                self._drop_plugin(impl.plugin_name, f"{type(error).__name__}: {error}")
-            finally:
-                self._current_plugin = BUILTIN_PLUGIN
+        """Call each hook of COLLECT_HOOKS for every plugin, attributing what each adds.
+
+        Within a hook the built-in plugin comes first, so a plugin reusing a built-in name is
+        the one reported broken. A plugin whose hook raises loses everything it added and is
+        skipped by the later hooks.
+        """
+        arguments = {"registry": self, "commands": self.commands, "tasks": self.eval_tasks}
+        for hook in COLLECT_HOOKS:
+            for impl in getattr(manager.hook, hook).get_hookimpls():
+                info = self.plugins.get(impl.plugin_name)
+                if info is not None and info.error is not None:
+                    continue
+                self._current_plugin = impl.plugin_name
+                try:
+                    impl.function(**{arg: arguments[arg] for arg in impl.argnames})
+                except Exception as error:  # noqa: BLE001 - a broken plugin is reported
+                    if impl.plugin_name == BUILTIN_PLUGIN:
+                        raise
+                    cause = f"{hook} failed: {type(error).__name__}: {error}"
+                    self._drop_plugin(impl.plugin_name, cause)
+                finally:
+                    self._current_plugin = BUILTIN_PLUGIN
+            if hook == "ebmkit_add_kinds":
+                self._kinds_open = False
 
     def _drop_plugin(self, plugin: str, error: str) -> None:
-        """Forget what a plugin registered before its hook failed, and mark it broken."""
+        """Forget the kinds (with every component of them), components, commands and eval
+        tasks a plugin added before its hook failed, and mark it broken with `error`."""
+        for kind in [k for k, record in self._kinds.items() if record.plugin == plugin]:
+            del self._kinds[kind], self._components[kind]
         for by_name in self._components.values():
             for name in [n for n, c in by_name.items() if c.plugin == plugin]:
                 del by_name[name]
+        self.commands.drop_plugin(plugin)
+        self.eval_tasks.drop_plugin(plugin)
         info = self.plugins.get(plugin, PluginInfo(plugin, "?", "?"))
-        self.plugins[plugin] = attrs.evolve(info, error=f"ebmkit_register failed: {error}")
+        self.plugins[plugin] = attrs.evolve(info, error=error)
 
     def owns(self, component: Component) -> bool:
         """Whether `component` (same kind, name and factory) is registered here."""
-        known = self._components[component.kind].get(component.name)
+        known = self._components.get(component.kind, {}).get(component.name)
         return known is not None and known.factory is component.factory
 
 
 def _register_with_gin(component: Component) -> None:
-    """Make the factory the gin configurable `<kind>s.<Name>` (once per process)."""
+    """Make the factory the gin configurable `<plural>.<Name>` (once per process)."""
     known = _gin_registered.get(component.gin_name)
     if known is component.factory:
         return
@@ -165,9 +290,7 @@ def _register_with_gin(component: Component) -> None:
             f"gin configurable {component.gin_name!r} already names another factory "
             f"({known.__module__}.{known.__qualname__})"
         )
-    gin.external_configurable(
-        _guarded(component), name=component.name, module=PLURALS[component.kind]
-    )
+    gin.external_configurable(_guarded(component), name=component.name, module=component.plural)
     _gin_registered[component.gin_name] = component.factory
 
 

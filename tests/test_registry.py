@@ -30,7 +30,6 @@ from ebmkit.initializers.noise import Noise
 from ebmkit.initializers.replay import Replay
 from ebmkit.registry import (
     AUTOLOAD_ENV,
-    PLURALS,
     PluginInfo,
     build_registry,
     get_registry,
@@ -198,8 +197,9 @@ def installed(kind: str, *blocked: str) -> dict[str, str]:
 
 def section_of(sections: dict[str, dict[str, str]], kind: str) -> dict[str, str]:
     """The listing of `kind`, under its gin plural ("energies", "samplers", ...)."""
-    assert PLURALS[kind] in sections, f"no section {PLURALS[kind]!r} in {sorted(sections)}"
-    return sections[PLURALS[kind]]
+    plural = get_registry().plural(kind)
+    assert plural in sections, f"no section {plural!r} in {sorted(sections)}"
+    return sections[plural]
 
 
 # -- built-in components ---------------------------------------------------------------------
@@ -233,7 +233,7 @@ def test_the_builtin_plugin_reports_ebmkits_distribution_and_version() -> None:
 
 def test_components_are_sorted_by_kind_then_name() -> None:
     listed = [(c.kind, c.name) for c in ebmkit.components()]
-    order = {kind: number for number, kind in enumerate(ebmkit.registry.KINDS)}
+    order = {kind: number for number, kind in enumerate(get_registry().kinds())}
     assert listed == sorted(listed, key=lambda pair: (order[pair[0]], pair[1]))
     assert set(BUILTIN_PAIRS) <= set(listed)
 

@@ -1,0 +1,629 @@
+"""The plugin API grows ebmkit: a plugin adds a kind, an `ebmkit eval` task and a command."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from test_registry import plugin_listing, write_distribution
+
+import ebmkit
+import gin
+from ebmkit import cli
+from ebmkit.cli import main
+from ebmkit.commands import BUILTIN_COMMANDS
+from ebmkit.errors import UnknownComponentError
+from ebmkit.registry import AUTOLOAD_ENV, Kind, get_registry, reset_registry
+
+# The flowkit distribution, installed once for this module. Its module name does not start
+# with `ebmkit_test_` so no other test module's clean-up drops it: a re-imported module would
+# hand gin a second `flows.Affine` class, which gin refuses for the rest of the process.
+FLOWKIT_DIST = "flowkit_for_ebmkit_tests"
+FLOWKIT_MODULE = "flowkit_for_ebmkit_tests"
+FLOWKIT_SOURCE = '''
+    """flowkit: grows ebmkit by a kind (flow), an eval task (count-files) and a command."""
+    import json
+    import math
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+    import ebmkit
+
+
+    def standard_normal_log_prob(z):
+        return (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+    class Affine(nn.Module):
+        """Elementwise affine flow x = shift + exp(log_scale)·z on a standard normal base."""
+
+        def __init__(self, features=1, shift=0.0, log_scale=0.0):
+            super().__init__()
+            self.shift = nn.Parameter(torch.full((features,), float(shift)))
+            self.log_scale = nn.Parameter(torch.full((features,), float(log_scale)))
+
+        def forward(self, z):
+            return self.shift + self.log_scale.exp() * z
+
+        def inverse(self, x):
+            """(z, log|det dz/dx|) for each row of x."""
+            z = (x - self.shift) * torch.exp(-self.log_scale)
+            return z, (-self.log_scale.sum()).expand(x.shape[0])
+
+        def log_prob(self, x):
+            z, log_det = self.inverse(x)
+            return standard_normal_log_prob(z) + log_det
+
+
+    class Compose(nn.Module):
+        """Two flows in sequence: x = outer(inner(z))."""
+
+        def __init__(self, inner, outer):
+            super().__init__()
+            self.inner, self.outer = inner, outer
+
+        def forward(self, z):
+            return self.outer(self.inner(z))
+
+        def inverse(self, x):
+            y, outer_log_det = self.outer.inverse(x)
+            z, inner_log_det = self.inner.inverse(y)
+            return z, outer_log_det + inner_log_det
+
+        def log_prob(self, x):
+            z, log_det = self.inverse(x)
+            return standard_normal_log_prob(z) + log_det
+
+
+    @ebmkit.hookimpl
+    def ebmkit_add_kinds(registry):
+        registry.add_kind("flow", plural="flows", doc="normalizing flows with a log-density")
+
+
+    @ebmkit.hookimpl
+    def ebmkit_register(registry):
+        registry.add("flow", "Affine", Affine)
+        registry.add("flow", "Compose", Compose)
+
+
+    def count_files_parser(parser):
+        parser.add_argument("--folder", type=Path, required=True, help="the folder to count")
+        parser.add_argument("--suffix", default="", help="count only names ending so")
+        parser.add_argument("--at-least", type=int, help="exit 3 when fewer files are found")
+
+
+    def count_files(args):
+        if not args.folder.is_dir():
+            raise ebmkit.EbmkitError(
+                f"--folder {args.folder} is not a folder; pass an existing folder"
+            )
+        names = [p.name for p in args.folder.iterdir() if p.is_file()]
+        count = sum(name.endswith(args.suffix) for name in names)
+        print(json.dumps({"folder": str(args.folder), "suffix": args.suffix, "files": count}))
+        if args.at_least is not None and count < args.at_least:
+            return 3
+        return None
+
+
+    @ebmkit.hookimpl
+    def ebmkit_add_eval_tasks(tasks):
+        tasks.add(
+            "count-files",
+            help="count the files of a folder",
+            configure_parser=count_files_parser,
+            run=count_files,
+        )
+
+
+    def flow_density_parser(parser):
+        parser.add_argument("x", type=float, nargs="+", help="points to evaluate")
+        parser.add_argument("--shift", type=float, default=0.0)
+        parser.add_argument("--log-scale", type=float, default=0.0)
+
+
+    def flow_density(args):
+        flow = ebmkit.create(
+            "flow", "Affine", features=1, shift=args.shift, log_scale=args.log_scale
+        )
+        with torch.no_grad():
+            log_prob = flow.log_prob(torch.tensor(args.x).unsqueeze(-1))
+        print(json.dumps({"log_prob": log_prob.tolist()}))
+
+
+    @ebmkit.hookimpl
+    def ebmkit_add_commands(commands):
+        commands.add(
+            "flow-density",
+            help="log-density of an Affine flow at some points",
+            configure_parser=flow_density_parser,
+            run=flow_density,
+        )
+'''
+FID_FLAGS = (
+    "--samples",
+    "--reference",
+    "--dims",
+    "--fid-weights",
+    "--random-weights",
+    "--batch-size",
+    "--device",
+    "--save-stats",
+)
+_counter = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Entry points enabled; gin and the registry rebuilt after each test."""
+    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    yield
+    gin.clear_config()
+    reset_registry()
+
+
+@pytest.fixture(scope="module")
+def flowkit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The flowkit distribution on sys.path for this module's tests; its folder."""
+    folder = tmp_path_factory.mktemp("flowkit_site")
+    modules = {FLOWKIT_MODULE: FLOWKIT_SOURCE}
+    write_distribution(folder, FLOWKIT_DIST, "1.0", {"flowkit": FLOWKIT_MODULE}, modules)
+    sys.path.insert(0, str(folder))
+    importlib.invalidate_caches()
+    yield folder
+    sys.path.remove(str(folder))
+    importlib.invalidate_caches()
+    reset_registry()
+
+
+def _site(tmp_path: Path, first: bool) -> Iterator[Path]:
+    folder = tmp_path / "site"
+    folder.mkdir()
+    before = set(sys.modules)
+    if first:
+        sys.path.insert(0, str(folder))
+    else:
+        sys.path.append(str(folder))
+    importlib.invalidate_caches()
+    yield folder
+    sys.path.remove(str(folder))
+    for name in set(sys.modules) - before:
+        if name.startswith("ebmkit_test_"):
+            del sys.modules[name]
+    importlib.invalidate_caches()
+    reset_registry()
+
+
+@pytest.fixture
+def late_site(tmp_path: Path) -> Iterator[Path]:
+    """A folder at the end of sys.path: its plugins load after flowkit."""
+    yield from _site(tmp_path, first=False)
+
+
+@pytest.fixture
+def early_site(tmp_path: Path) -> Iterator[Path]:
+    """A folder at the front of sys.path: its plugins load before flowkit."""
+    yield from _site(tmp_path, first=True)
+
+
+def install(site: Path, kind: str, source: str) -> tuple[str, str]:
+    """A one-module distribution in `site`; (entry-point name, a unique tag for names)."""
+    tag = f"{os.getpid()}_{next(_counter)}"
+    module = f"ebmkit_test_{kind}_{tag}"
+    source = source.replace("TAG", tag)
+    write_distribution(site, module, "0.1", {f"{kind}_{tag}": module}, {module: source})
+    return f"{kind}_{tag}", tag
+
+
+def ebmkit_subprocess(site: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """The console script in a fresh process with `site` on PYTHONPATH."""
+    script = Path(sys.executable).with_name("ebmkit")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "ebmkit.cli"]
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+    env.pop(AUTOLOAD_ENV, None)
+    return subprocess.run([*command, *argv], capture_output=True, text=True, env=env, timeout=120)
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def write_flow_config(folder: Path, *lines: str) -> Path:
+    config = folder / "flow.gin"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+# -- a new kind ------------------------------------------------------------------------------
+
+
+def test_a_plugin_kind_is_listed_by_ebmkit_plugins_with_its_components(flowkit: Path) -> None:
+    listed = ebmkit_subprocess(flowkit, "plugins")
+    assert listed.returncode == 0, listed.stderr
+    plugins, sections = plugin_listing(listed.stdout)
+    assert plugins["flowkit"] == f"({FLOWKIT_DIST} 1.0): ok"
+    assert sections["flows"] == {"Affine": "flowkit", "Compose": "flowkit"}
+    assert sections["kinds"]["flow"] == "flowkit"
+    assert sections["kinds"]["sampler"] == "ebmkit"
+    assert "  flow                   [flowkit] flows.<Name>: normalizing flows " in listed.stdout
+    assert sections["eval tasks"]["count-files"] == "flowkit"
+    assert sections["eval tasks"]["fid"] == "ebmkit"
+    assert sections["commands"] == {"flow-density": "flowkit"}
+    assert "  Affine                 [flowkit] Elementwise affine flow" in listed.stdout
+
+
+def test_the_registry_knows_the_kind_its_plural_and_builds_its_components(flowkit: Path) -> None:
+    registry = reset_registry()
+    assert registry.kinds() == (
+        "energy",
+        "sampler",
+        "initializer",
+        "trainer",
+        "dataset",
+        "metric",
+        "flow",
+    )
+    assert registry.kind("flow") == Kind(
+        "flow", "flows", "normalizing flows with a log-density", "flowkit"
+    )
+    assert (registry.plural("flow"), registry.plural("energy")) == ("flows", "energies")
+    assert (registry.kind_of_plural("flows"), registry.kind_of_plural("flow")) == ("flow", None)
+    component = registry.get("flow", "Affine")
+    assert (component.plugin, component.gin_name) == ("flowkit", "flows.Affine")
+    flow = ebmkit.create("flow", "Affine", features=2, shift=1.0, log_scale=math.log(2.0))
+    x = torch.tensor([[1.0, 3.0], [-1.0, 0.5]])
+    expected = torch.distributions.Normal(1.0, 2.0).log_prob(x).sum(-1)
+    torch.testing.assert_close(flow.log_prob(x), expected)
+    assert [c.name for c in ebmkit.components("flow")] == ["Affine", "Compose"]
+    assert [c.kind for c in ebmkit.components()][-2:] == ["flow", "flow"]
+
+
+def test_an_unknown_kind_lists_every_kind_including_the_plugins(flowkit: Path) -> None:
+    reset_registry()
+    kinds = "energy, sampler, initializer, trainer, dataset, metric, flow"
+    with pytest.raises(ValueError, match=f"^unknown component kind 'flw'; the kinds are {kinds}$"):
+        ebmkit.create("flw", "Affine")
+    with pytest.raises(UnknownComponentError, match=r"registered flows: Affine \(flowkit\), Com"):
+        ebmkit.create("flow", "RealNVP")
+
+
+def test_a_gin_file_builds_the_new_kinds_components_by_reference(
+    flowkit: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_flow_config(
+        tmp_path,
+        "flows.Compose.inner = @inner/flows.Affine()",
+        "flows.Compose.outer = @outer/flows.Affine()",
+        "inner/flows.Affine.shift = 1.0",
+        "outer/flows.Affine.log_scale = 0.5",
+    )
+    status, out, err = run_main(capsys, "config", str(config))
+    assert status == 0, err
+    assert (
+        "\nCompose.inner = @inner/flows.Affine()\nCompose.outer = @outer/flows.Affine()\n" in out
+    )
+    assert "\nouter/Affine.log_scale = 0.5\n" in out
+    flow = gin.get_configurable("flows.Compose")()
+    assert (flow.inner.shift.item(), flow.inner.log_scale.item()) == (1.0, 0.0)
+    assert (flow.outer.shift.item(), flow.outer.log_scale.item()) == (0.0, 0.5)
+    # x = e^0.5 · (1 + z): a normal with mean and scale e^0.5
+    x = torch.linspace(-2.0, 4.0, 7).unsqueeze(-1)
+    scale = math.exp(0.5)
+    expected = torch.distributions.Normal(scale, scale).log_prob(x).squeeze(-1)
+    torch.testing.assert_close(flow.log_prob(x), expected)
+    z = torch.randn(5, 1)
+    torch.testing.assert_close(flow.inverse(flow(z))[0], z)
+
+
+def test_a_config_error_in_the_new_kind_lists_its_components_and_parameters(
+    flowkit: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_flow_config(tmp_path, "flows.Compose.inner = @flows.Afine()")
+    status, _, err = run_main(capsys, "config", str(config))
+    assert status == 1
+    assert err.startswith(f"ebmkit: error: in config {config}: ")
+    assert "\nregistered flows: flows.Affine (flowkit), flows.Compose (flowkit)" in err
+    config = write_flow_config(tmp_path, "flows.Affine.scale = 2.0")
+    status, _, err = run_main(capsys, "config", str(config))
+    assert status == 1
+    assert "\nits parameters are: features, shift, log_scale" in err
+    config = write_flow_config(tmp_path, "flowz.Compose.inner = 1")
+    status, _, err = run_main(capsys, "config", str(config))
+    assert status == 1
+    assert "kinds one of ['datasets', 'energies', 'flows', 'initializers', 'metrics'," in err
+
+
+# -- eval tasks and commands -----------------------------------------------------------------
+
+
+def test_eval_help_lists_every_task_and_a_tasks_help_shows_its_flags(flowkit: Path) -> None:
+    listing = ebmkit_subprocess(flowkit, "eval", "--help")
+    assert listing.returncode == 0, listing.stderr
+    words = " ".join(listing.stdout.split())  # argparse wraps to the terminal's width
+    assert " count-files count the files of a folder [plugin flowkit] " in words
+    assert " fid Fréchet Inception Distance between two image sets " in words
+    task = ebmkit_subprocess(flowkit, "eval", "count-files", "--help")
+    assert task.returncode == 0, task.stderr
+    assert " ".join(task.stdout.split()).startswith("usage: ebmkit eval count-files [-h] --fold")
+    for flag in ("--folder FOLDER", "--suffix SUFFIX", "--at-least AT_LEAST"):
+        assert flag in task.stdout
+
+
+def test_an_eval_task_runs_with_its_flags_and_returns_its_status(
+    flowkit: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("a.png", "b.png", "notes.txt"):
+        (tmp_path / name).write_text(name)
+    (tmp_path / "sub").mkdir()
+    status, out, _ = run_main(capsys, "eval", "count-files", "--folder", str(tmp_path))
+    assert status == 0
+    assert json.loads(out) == {"folder": str(tmp_path), "suffix": "", "files": 3}
+    argv = ["eval", "count-files", "--folder", str(tmp_path), "--suffix", ".png"]
+    status, out, _ = run_main(capsys, *argv)
+    assert (status, json.loads(out)["files"]) == (0, 2)
+    status, out, _ = run_main(capsys, *argv, "--at-least", "3")
+    assert (status, json.loads(out)["files"]) == (3, 2)
+
+
+def test_an_ebmkit_error_inside_a_task_is_one_error_line(
+    flowkit: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing"
+    status, out, err = run_main(capsys, "eval", "count-files", "--folder", str(missing))
+    assert (status, out) == (1, "")
+    assert err == f"ebmkit: error: --folder {missing} is not a folder; pass an existing folder\n"
+
+
+def test_a_plugin_command_runs_and_is_listed_by_ebmkit_help(
+    flowkit: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run_main(capsys, "flow-density", "--shift", "1", "--log-scale", "0", "1", "3")
+    assert status == 0
+    expected = torch.distributions.Normal(1.0, 1.0).log_prob(torch.tensor([1.0, 3.0]))
+    assert json.loads(out)["log_prob"] == pytest.approx(expected.tolist())
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    words = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    assert "{run,sample,eval,plugins,config,flow-density}" in words
+    assert " flow-density log-density of an Affine flow at some points [plugin flowkit] " in words
+
+
+def test_fid_is_an_eval_task_of_the_builtin_plugin_with_its_flags(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fid = get_registry().eval_tasks.get("fid")
+    assert fid.plugin == "ebmkit"
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", "fid", "--help"])
+    assert exited.value.code == 0
+    usage = capsys.readouterr().out
+    for flag in FID_FLAGS:
+        assert f"  {flag}" in usage
+    status, out, err = run_main(capsys, "eval", "fid", "--samples", "nope", "--reference", "x")
+    assert (status, out) == (1, "")
+    assert err == "ebmkit: error: nope does not exist (give a folder of images or an .npz)\n"
+
+
+def test_the_reserved_command_names_are_the_clis_own_commands() -> None:
+    registry = reset_registry(autoload=False)
+    parser = cli._parser(registry)
+    (subcommands,) = [a for a in parser._actions if a.dest == "command"]
+    assert set(subcommands.choices) == set(BUILTIN_COMMANDS)
+
+
+def test_blocking_the_plugin_takes_its_kind_task_and_command_away(
+    flowkit: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reset_registry()  # flowkit's components become gin configurables
+    status, out, _ = run_main(capsys, "-p", "no:flowkit", "plugins")
+    assert status == 0
+    plugins, sections = plugin_listing(out)
+    assert plugins["flowkit"].endswith(": blocked")
+    assert "flow" not in sections["kinds"] and "flows" not in sections
+    assert "count-files" not in sections["eval tasks"] and "commands" not in sections
+    with pytest.raises(SystemExit) as exited:
+        main(["-p", "no:flowkit", "eval", "count-files", "--folder", "."])
+    assert exited.value.code == 2
+    assert "invalid choice: 'count-files'" in capsys.readouterr().err
+    with pytest.raises(UnknownComponentError, match="unknown component kind 'flow'"):
+        gin.get_configurable("flows.Affine")()
+
+
+# -- ordering, clashes and broken plugins ----------------------------------------------------
+
+
+def test_a_plugin_loaded_before_the_kinds_plugin_can_add_components_of_it(
+    flowkit: Path, early_site: Path
+) -> None:
+    name, tag = install(
+        early_site,
+        "early",
+        '''
+import ebmkit
+from torch import nn
+
+
+class ShiftTAG(nn.Module):
+    """x + 1."""
+
+    def forward(self, x):
+        return x + 1
+
+
+@ebmkit.hookimpl
+def ebmkit_register(registry):
+    registry.add("flow", "ShiftTAG", ShiftTAG)
+''',
+    )
+    registry = reset_registry()
+    assert list(registry.plugins).index(name) < list(registry.plugins).index("flowkit")
+    assert registry.plugins[name].ok
+    assert registry.get("flow", f"Shift{tag}").plugin == name
+    assert gin.get_configurable(f"flows.Shift{tag}")()(torch.zeros(1)).item() == 1.0
+
+
+CLASHES = {
+    "kind": (
+        "ebmkit_add_kinds",
+        'registry.add_kind("flow")',
+        "ebmkit_add_kinds failed: ValueError: kind 'flow' is registered twice: by plugin "
+        "'flowkit' and by 'PLUGIN'; rename one, or block one with -p no:NAME",
+    ),
+    "builtin kind": (
+        "ebmkit_add_kinds",
+        'registry.add_kind("sampler")',
+        "kind 'sampler' is registered twice: by plugin 'ebmkit' and by 'PLUGIN'",
+    ),
+    "plural": (
+        "ebmkit_add_kinds",
+        'registry.add_kind("stream", plural="flows")',
+        "kind 'stream' (plural 'flows') of plugin 'PLUGIN' clashes with kind 'flow' (plural "
+        "'flows') of plugin 'flowkit'; choose another name or plural=",
+    ),
+    "kind name": (
+        "ebmkit_add_kinds",
+        'registry.add_kind("Flow Model")',
+        "kind 'Flow Model' of plugin 'PLUGIN' is not a lower-case identifier",
+    ),
+    "late kind": (
+        "ebmkit_register",
+        'registry.add_kind("late")',
+        "ebmkit_register failed: ValueError: kind 'late' of plugin 'PLUGIN' is added too late: "
+        "add kinds in the ebmkit_add_kinds hook",
+    ),
+    "task": (
+        "ebmkit_add_eval_tasks",
+        'tasks.add("count-files", help="mine", configure_parser=lambda p: None, run=print)',
+        "ebmkit_add_eval_tasks failed: ValueError: eval task 'count-files' is registered "
+        "twice: by plugin 'flowkit' and by 'PLUGIN'; rename one, or block one with -p no:NAME",
+    ),
+    "builtin task": (
+        "ebmkit_add_eval_tasks",
+        'tasks.add("fid", help="mine", configure_parser=lambda p: None, run=print)',
+        "eval task 'fid' is registered twice: by plugin 'ebmkit' and by 'PLUGIN'",
+    ),
+    "command": (
+        "ebmkit_add_commands",
+        'commands.add("flow-density", help="mine", configure_parser=lambda p: None, run=print)',
+        "ebmkit_add_commands failed: ValueError: command 'flow-density' is registered twice: "
+        "by plugin 'flowkit' and by 'PLUGIN'",
+    ),
+    "builtin command": (
+        "ebmkit_add_commands",
+        'commands.add("run", help="mine", configure_parser=lambda p: None, run=print)',
+        "command 'run' of plugin 'PLUGIN' takes the name of ebmkit's own command (ebmkit's are "
+        "run, sample, eval, plugins, config); rename it",
+    ),
+    "flag destination": (
+        "ebmkit_add_commands",
+        'commands.add("mine", help="mine", configure_parser=lambda p: p.add_argument("--task"),'
+        " run=print)",
+        "command 'mine' of plugin 'PLUGIN' defines flags stored as ['task'], which the ebmkit "
+        "command reads itself; pass dest= another name",
+    ),
+    "parser": (
+        "ebmkit_add_eval_tasks",
+        'tasks.add("mine", help="mine", configure_parser=lambda p: p.add_argument("-h"),'
+        " run=print)",
+        "eval task 'mine' of plugin 'PLUGIN': configure_parser failed: ArgumentError: ",
+    ),
+}
+
+
+@pytest.mark.parametrize("clash", sorted(CLASHES))
+def test_a_clash_breaks_the_later_plugin_naming_both_and_keeps_the_first(
+    clash: str, flowkit: Path, late_site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hook, call, expected = CLASHES[clash]
+    argument = call.partition(".")[0]  # registry, commands or tasks: the hook's parameter
+    source = f"import ebmkit\n\n\n@ebmkit.hookimpl\ndef {hook}({argument}):\n    {call}\n"
+    if hook != "ebmkit_add_kinds":
+        source += (
+            '\n\n@ebmkit.hookimpl\ndef ebmkit_add_kinds(registry):\n    registry.add_kind("x")\n'
+        )
+    name, _ = install(late_site, "clash", source)
+    registry = reset_registry()
+    error = registry.plugins[name].error
+    assert error is not None and expected.replace("PLUGIN", name) in error
+    assert "x" not in registry.kinds()  # what the broken plugin added is gone
+    assert registry.plugins["flowkit"].ok
+    assert registry.plural("flow") == "flows"
+    assert registry.eval_tasks.get("count-files").plugin == "flowkit"
+    assert registry.commands.get("flow-density").plugin == "flowkit"
+    status, out, _ = run_main(capsys, "plugins")
+    assert status == 0
+    plugins, _ = plugin_listing(out)
+    assert plugins[name] == f"(ebmkit_test_{name} 0.1): BROKEN: {error}"
+
+
+def test_a_plugin_failing_in_a_later_hook_loses_its_kind_components_command_and_task(
+    flowkit: Path, late_site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name, tag = install(
+        late_site,
+        "halfway",
+        '''
+import ebmkit
+
+
+class GenTAG:
+    """A generator whose plugin then fails."""
+
+
+@ebmkit.hookimpl
+def ebmkit_add_kinds(registry):
+    registry.add_kind("generator", doc="maps latents to samples")
+
+
+@ebmkit.hookimpl
+def ebmkit_register(registry):
+    registry.add("generator", "GenTAG", GenTAG)
+    registry.add("flow", "FlowTAG", GenTAG)
+
+
+@ebmkit.hookimpl
+def ebmkit_add_commands(commands):
+    commands.add("gen-TAG", help="generate", configure_parser=lambda p: None, run=print)
+
+
+@ebmkit.hookimpl
+def ebmkit_add_eval_tasks(tasks):
+    tasks.add("gen-TAG", help="evaluate", configure_parser=lambda p: None, run=print)
+    raise RuntimeError("no evaluation today")
+''',
+    )
+    registry = reset_registry()
+    error = "ebmkit_add_eval_tasks failed: RuntimeError: no evaluation today"
+    assert registry.plugins[name].error == error
+    assert "generator" not in registry.kinds()
+    assert f"Flow{tag}" not in [c.name for c in registry.components("flow")]
+    assert f"gen-{tag}" not in registry.commands and f"gen-{tag}" not in registry.eval_tasks
+    status, out, _ = run_main(capsys, "plugins")
+    assert status == 0
+    plugins, sections = plugin_listing(out)
+    assert plugins[name] == f"(ebmkit_test_{name} 0.1): BROKEN: {error}"
+    assert "generator" not in sections["kinds"] and "generators" not in sections
+    assert sections["flows"] == {"Affine": "flowkit", "Compose": "flowkit"}
+    assert f"gen-{tag}" not in sections["eval tasks"]
+    with pytest.raises(SystemExit):
+        main(["eval", f"gen-{tag}"])
+    assert f"invalid choice: 'gen-{tag}'" in capsys.readouterr().err
+    # its components, already gin configurables, refuse to build and say why
+    with pytest.raises(UnknownComponentError) as caught:
+        gin.get_configurable(f"generators.Gen{tag}")()
+    message = str(caught.value)
+    assert message.startswith("unknown component kind 'generator'; the kinds are energy, ")
+    assert f"\nplugin {name!r} is broken and its kinds skipped: {error}" in message
