@@ -14,10 +14,12 @@ from ebmkit.errors import (
     UnknownComponentError,
 )
 from ebmkit.hookspecs import hookimpl
+from ebmkit.learnables import LearnableModule, find_learnables
 from ebmkit.protocols import (
     Energy,
     Initializer,
     Learnable,
+    RoundObserver,
     Sampler,
     Stateful,
     StepScalable,
@@ -48,6 +50,9 @@ from ebmkit.samplers.validators import check_clamp
 __version__ = "0.1.0"
 
 __all__ = [
+    "LearnableModule",
+    "RoundObserver",
+    "find_learnables",
     "LONE_STEP",
     "StepContext",
     "check_clamp",

@@ -20,10 +20,12 @@ from ebmkit.energies.shortrun import ShortRunConvNet
 from ebmkit.hookspecs import hookimpl
 from ebmkit.initializers.data import Data
 from ebmkit.initializers.noise import Noise
+from ebmkit.initializers.persistent import Persistent
 from ebmkit.initializers.replay import Replay
 from ebmkit.metrics import fid as fid_metric
 from ebmkit.metrics import toy as toy_metrics
 from ebmkit.registry import Registry
+from ebmkit.samplers.composite import Composite
 from ebmkit.samplers.langevin import Langevin
 from ebmkit.samplers.mala import MALA
 from ebmkit.trainers.contrastive import Contrastive
@@ -101,6 +103,8 @@ def ebmkit_register(registry: Registry) -> None:
     registry.add("initializer", "Noise", Noise)
     registry.add("initializer", "Data", Data)
     registry.add("initializer", "Replay", Replay)
+    registry.add("initializer", "Persistent", Persistent)
+    registry.add("sampler", "Composite", Composite)
     registry.add("energy", "MLP", MLPEnergy)
     registry.add("energy", "Conv", ConvEnergy)
     registry.add("trainer", "Contrastive", Contrastive)

@@ -561,7 +561,7 @@ def test_the_environment_variable_disables_entry_point_loading(
     monkeypatch.setenv(AUTOLOAD_ENV, "1")
     registry = reset_registry()
     assert list(registry.plugins) == ["ebmkit"]
-    assert {c.name for c in registry.components("sampler")} == {"Langevin", "MALA"}
+    assert {c.name for c in registry.components("sampler")} == {"Composite", "Langevin", "MALA"}
     assert main(["plugins"]) == 0
     plugins, sections = plugin_listing(capsys.readouterr().out)
     assert list(plugins) == ["ebmkit"]

@@ -67,13 +67,20 @@ class _CountingLearnable:
         self.calls += 1
         return {"loss": torch.tensor(float(self.calls))}
 
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
 
 def test_a_learnable_shared_by_two_components_learns_once_per_round():
     shared = _CountingLearnable()
     trainer = _trainer(0, n_rounds=2, learnables=(shared, shared))
     trainer.fit()
     assert shared.calls == 2
-    assert len(trainer.all_learnables) == 1
+    assert list(trainer.all_learnables) == ["learnables.0"]
+    assert trainer.state_dict()["learnables"] == {"learnables.0": {"calls": 2}}
 
 
 def test_sampler_chains_do_not_touch_parameter_gradients():

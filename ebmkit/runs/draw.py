@@ -17,6 +17,8 @@ import gin
 from ebmkit.checkpoint.files import latest_checkpoint, load_checkpoint
 from ebmkit.checkpoint.rng import seed_everything
 from ebmkit.errors import CheckpointError, ConfigError, EbmkitError
+from ebmkit.learnables import find_learnables
+from ebmkit.protocols import Stateful
 from ebmkit.registry import get_registry
 
 __all__ = [
@@ -98,15 +100,21 @@ class SamplingParts:
     round_index: int
 
 
-def _load_parts(state: dict[str, Any], parts: SamplingParts, learnables: list[Any]) -> None:
-    """Load the energy and every stateful part saved by the trainer (same names)."""
+def _load_parts(state: dict[str, Any], parts: SamplingParts, learnables: dict[str, Any]) -> None:
+    """Load the energy, the stateful sampler/initializer and the Learnables (by path)."""
     parts.energy.load_state_dict(state["energy"])
     saved = state.get("components", {})
-    named = {"sampler": parts.sampler, "initializer": parts.initializer}
-    named.update({f"learnable{number}": part for number, part in enumerate(learnables)})
-    for name, part in named.items():
-        if name in saved and callable(getattr(part, "load_state_dict", None)):
+    for name, part in {"sampler": parts.sampler, "initializer": parts.initializer}.items():
+        if name in saved and isinstance(part, Stateful):
             part.load_state_dict(saved[name])
+    saved_learnables = state.get("learnables", {})
+    for path, learnable in learnables.items():
+        if path not in saved_learnables:
+            raise KeyError(
+                f"the Learnable at {path} is not in the checkpoint (it holds "
+                f"{sorted(saved_learnables) or 'none'})"
+            )
+        learnable.load_state_dict(saved_learnables[path])
 
 
 def build_parts(state: dict[str, Any], origin: str, device: str | None = None) -> SamplingParts:
@@ -115,8 +123,6 @@ def build_parts(state: dict[str, Any], origin: str, device: str | None = None) -
     Only these parts are built (not the dataset, which may be absent where samples are
     drawn). A trainer that does not bind them is built whole instead.
     """
-    from ebmkit.trainers.contrastive import _find_learnables
-
     text = state.get("operative_config")
     if not isinstance(text, str) or not text.strip():
         raise CheckpointError(f"{origin} holds no operative_config; it cannot be rebuilt")
@@ -134,11 +140,13 @@ def build_parts(state: dict[str, Any], origin: str, device: str | None = None) -
         references = []
     if references:
         energy, sampler, initializer = (_evaluate(reference) for reference in references)
-        learnables = _find_learnables([sampler, initializer])
+        # The trainer's own roots, less its explicit `learnables` (not needed to draw).
+        roots = {"initializer": initializer, "sampler": sampler}
+        learnables = find_learnables(roots, skip=[energy])
     else:
         trainer = _evaluate(trainer_reference)
         energy, sampler, initializer = (getattr(trainer, n) for n in _COMPONENTS)
-        learnables = list(getattr(trainer, "all_learnables", []))
+        learnables = dict(getattr(trainer, "all_learnables", {}))
     result = SamplingParts(
         energy=energy,
         initializer=initializer,

@@ -14,12 +14,18 @@ from tqdm import tqdm
 from ebmkit.checkpoint.files import save_checkpoint
 from ebmkit.checkpoint.rng import get_rng_state
 from ebmkit.errors import DivergenceError
+from ebmkit.protocols import StepScalable
 from ebmkit.records import Round
 from ebmkit.runs.experiment import Experiment
 from ebmkit.tracking.images import log_data_grid, log_energy_histograms
 from ebmkit.tracking.run_logger import RunLogger
 
-__all__ = ["RunObserver"]
+__all__ = ["RunObserver", "step_size_of"]
+
+
+def step_size_of(sampler: Any) -> float:
+    """The sampler's configured step size through `StepScalable`, NaN for other samplers."""
+    return sampler.current_step_size() if isinstance(sampler, StepScalable) else float("nan")
 
 
 def _is_toy(dataset: Any) -> bool:
@@ -103,7 +109,7 @@ class RunObserver:
         message = (
             f"ebmkit: {cause}: rolled back to round {trainer.round_index} "
             f"({checkpoint.name}); sampler step size ×{self.rollback_factor:g} → "
-            f"{trainer.sampler.step_size:.4g} (rollback {self.rollbacks} of "
+            f"{step_size_of(trainer.sampler):.4g} (rollback {self.rollbacks} of "
             f"{self.experiment.max_rollbacks})"
         )
         tqdm.write(message, file=sys.stderr)
@@ -123,6 +129,9 @@ class RunObserver:
         }
         if result.acceptance_rate is not None:
             values["sampler/acceptance_rate"] = result.acceptance_rate.mean()
+        sampler_name = type(trainer.sampler).__name__
+        for name, value in result.stats.items():
+            values[f"{sampler_name}/{name}"] = value.float().mean()
         scalars = {k: float(v) for k, v in values.items()}
         self.logger.scalars(round.index, scalars)
         log_energy_histograms(self.logger, round)

@@ -9,7 +9,7 @@ from ebmkit.checkpoint.files import latest_checkpoint, load_checkpoint
 from ebmkit.checkpoint.rng import set_rng_state
 from ebmkit.errors import ConfigError, DivergenceError
 from ebmkit.protocols import StepScalable
-from ebmkit.runs.observer import RunObserver
+from ebmkit.runs.observer import RunObserver, step_size_of
 
 __all__ = ["check_rollback_possible", "fit_with_rollbacks", "replay_rollbacks"]
 
@@ -84,7 +84,7 @@ def fit_with_rollbacks(trainer: Any, observer: RunObserver, checkpoints: Path) -
             if observer.rollbacks >= experiment.max_rollbacks:
                 raise DivergenceError(
                     f"{error} [after {observer.rollbacks} rollback(s), step size "
-                    f"{trainer.sampler.step_size:.4g}; raise experiment.max_rollbacks or "
+                    f"{step_size_of(trainer.sampler):.4g}; raise experiment.max_rollbacks or "
                     f"lower the learning rate]",
                     error.round_index,
                 ) from error

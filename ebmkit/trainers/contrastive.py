@@ -2,53 +2,68 @@ r"""The contrastive (maximum-likelihood) trainer: push data energy down, sample 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ebmkit.data.loader import ResumableLoader
-from ebmkit.protocols import Initializer, Learnable, Sampler
-from ebmkit.records import Round
-from ebmkit.trainers.guard import check_round
+from ebmkit.learnables import find_learnables
+from ebmkit.protocols import Initializer, Learnable, RoundObserver, Sampler, Stateful
+from ebmkit.records import InitBatch, Round, SampleResult
+from ebmkit.trainers.guard import check_learnable, check_round
 
-__all__ = ["Contrastive", "RoundObserver"]
+__all__ = ["LEARN_ORDERS", "Contrastive", "RoundWork"]
 
-
-class RoundObserver(Protocol):
-    """What the trainer tells its run (logging, pictures, checkpoints) as it goes."""
-
-    def before_fit(self, trainer: Contrastive) -> None: ...
-
-    def after_round(self, trainer: Contrastive, round: Round) -> None: ...
-
-    def after_fit(self, trainer: Contrastive) -> None: ...
+LEARN_ORDERS = ("after_energy_step", "before_energy_step")
+"""When the Learnables learn in a round, relative to the energy's optimizer step."""
 
 
-def _find_learnables(roots: Sequence[Any]) -> list[Learnable]:
-    """Learnables among `roots` and their attrs fields, deduplicated by identity.
+@attrs.define(kw_only=True, eq=False)
+class RoundWork:
+    """What a round's phases have produced so far (filled in phase by phase).
 
-    One object may serve twice (a flow as initializer and as mirror map): it learns once.
+    Arguments:
+        index: the round's 1-based number.
+        x_data: the data batch (phase "data").
+        init: the chains' start (phase "initializer").
+        result: the sampler's result (phase "sampler").
+        energy_data, energy_model: E at data and samples, on the graph (phase "energy_loss").
+        loss: the energy's total loss, on the graph (phase "energy_loss").
+        losses: scalar losses logged for the round (every phase may add).
+        round: the Round record every component sees (made once energies are known).
     """
-    found: dict[int, Learnable] = {}
-    for root in roots:
-        fields = attrs.fields(type(root)) if attrs.has(type(root)) else ()
-        for candidate in (root, *(getattr(root, field.name) for field in fields)):
-            if isinstance(candidate, Learnable):
-                found.setdefault(id(candidate), candidate)
-    return list(found.values())
+
+    index: int
+    x_data: Tensor | None = None
+    init: InitBatch | None = None
+    result: SampleResult | None = None
+    energy_data: Tensor | None = None
+    energy_model: Tensor | None = None
+    loss: Tensor | None = None
+    losses: dict[str, Tensor] = attrs.field(factory=dict)
+    round: Round | None = None
 
 
 @attrs.define(kw_only=True, eq=False)
 class Contrastive:
-    """Per round: data batch → initializer → sampler → energy loss → optimizer → Learnables.
+    """Maximum-likelihood EBM training, each round a sequence of named phases.
 
-    Loss = mean E(x_data) − mean E(x_model) + alpha·mean(E(x_data)² + E(x_model)²). The
-    sampler's chains run on a detached copy of the energy's input, so only the loss above
+    data → initializer → sampler → energy_loss → energy_step → learnables →
+    initializer_update (with ``learn_order = "before_energy_step"`` the Learnables learn
+    before the energy's step, as Dual-MCMC's reference code does; its paper updates the
+    energy first). Loss = mean E(x_data) − mean E(x_model) + alpha·mean(E(x_data)² +
+    E(x_model)²). The chains run on a detached copy of the energy's input, so only this loss
     reaches the parameters. A Round record with every fact goes to each Learnable's `learn`,
-    then to `initializer.update`, then to the observer (logging / checkpoints).
+    then to `initializer.update`, then to the observer (logging / checkpoints). A method
+    needing another order overrides `phases()`, not the round.
+
+    Learnables are found once, when the trainer is built, among the sampler, the
+    initializer and `learnables` (attrs fields, module children, containers, each object
+    once; see `ebmkit.find_learnables`); each is moved to `device`, learns once per round,
+    has its losses checked by the divergence guard and is saved under its path.
 
     Arguments:
         energy: the energy network.
@@ -65,8 +80,9 @@ class Contrastive:
         max_energy_gap: the divergence guard also stops when |gap| exceeds this.
         learnables: extra Learnables to update each round (besides those found in the
             sampler and initializer).
+        learn_order: "after_energy_step" (default) or "before_energy_step".
         seed: the data shuffle seed.
-        device: where the energy and chains live.
+        device: where the energy, the chains and the Learnables live.
 
     References:
         Hinton (2002); Du & Mordatch (2019); Nijkamp et al. (2019, short-run MCMC).
@@ -86,12 +102,15 @@ class Contrastive:
     grad_clip: float | None = None
     max_energy_gap: float | None = None
     learnables: Sequence[Learnable] = ()
+    learn_order: str = attrs.field(
+        default="after_energy_step", validator=attrs.validators.in_(LEARN_ORDERS)
+    )
     seed: int = 0
     device: str = "cpu"
     round_index: int = attrs.field(default=0, init=False)
     optimizer: torch.optim.Optimizer = attrs.field(init=False)
     loader: ResumableLoader = attrs.field(init=False)
-    all_learnables: list[Learnable] = attrs.field(init=False)
+    all_learnables: dict[str, Learnable] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.energy.to(self.device)
@@ -102,57 +121,120 @@ class Contrastive:
             weight_decay=self.weight_decay,
         )
         self.loader = ResumableLoader(self.dataset, self.batch_size, seed=self.seed)
-        self.all_learnables = _find_learnables([self.sampler, self.initializer, *self.learnables])
+        self.all_learnables = find_learnables(self.learnable_roots(), skip=[self.energy])
+        for learnable in self.all_learnables.values():
+            if isinstance(learnable, nn.Module):
+                learnable.to(self.device)
 
-    def train_round(self) -> Round:
-        """One round; returns its Round record (raises DivergenceError on non-finite values)."""
-        index = self.round_index + 1
-        x_data = next(self.loader).to(self.device)
-        init = self.initializer.sample(self.batch_size)
-        result = self.sampler.sample(self.energy, init.x.to(self.device), self.n_steps)
-        energy_data = self.energy(x_data)
-        energy_model = self.energy(result.x)
+    def learnable_roots(self) -> dict[str, Any]:
+        """Where Learnables are looked for, in path order (the first path of a shared one wins)."""
+        return {
+            "initializer": self.initializer,
+            "sampler": self.sampler,
+            "learnables": list(self.learnables),
+        }
+
+    # The phases -------------------------------------------------------------------------
+
+    def phases(self) -> list[tuple[str, Callable[[RoundWork], None]]]:
+        """The round's phases in order, by name; `learn_order` places the Learnables."""
+        learn = ("learnables", self.learn)
+        phases = [
+            ("data", self.draw_data),
+            ("initializer", self.start_chains),
+            ("sampler", self.run_chains),
+            ("energy_loss", self.energy_loss),
+            ("energy_step", self.energy_step),
+            ("initializer_update", self.update_initializer),
+        ]
+        position = 4 if self.learn_order == "before_energy_step" else 5
+        phases.insert(position, learn)
+        return phases
+
+    def draw_data(self, work: RoundWork) -> None:
+        """Phase "data": the next data batch."""
+        work.x_data = next(self.loader).to(self.device)
+
+    def start_chains(self, work: RoundWork) -> None:
+        """Phase "initializer": where the chains start (and any states to continue)."""
+        work.init = self.initializer.sample(self.batch_size).to(self.device)
+
+    def run_chains(self, work: RoundWork) -> None:
+        """Phase "sampler": the chains run on the current energy."""
+        work.result = self.sampler.sample(self.energy, work.init, self.n_steps)
+
+    def energy_loss(self, work: RoundWork) -> None:
+        """Phase "energy_loss": the contrastive loss (+ regulariser); makes the Round record."""
+        energy_data = self.energy(work.x_data)
+        energy_model = self.energy(work.result.x)
         contrastive = energy_data.mean() - energy_model.mean()
         regulariser = self.alpha * (energy_data.square() + energy_model.square()).mean()
-        loss = contrastive + regulariser
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        work.energy_data, work.energy_model = energy_data, energy_model
+        work.loss = contrastive + regulariser
+        work.losses.update(
+            {
+                "loss/total": work.loss.detach(),
+                "loss/contrastive": contrastive.detach(),
+                "loss/regulariser": regulariser.detach(),
+            }
+        )
+        work.round = Round(
+            index=work.index,
+            x_data=work.x_data,
+            init=work.init,
+            result=work.result,
+            energy_data=energy_data.detach(),
+            energy_model=energy_model.detach(),
+            losses=work.losses,
+        )
+
+    def energy_step(self, work: RoundWork) -> None:
+        """Phase "energy_step": backward, clip, divergence guard, the optimizer's step."""
+        self.optimizer.zero_grad(set_to_none=True)  # also drops what a Learnable left there
+        work.loss.backward()
         parameters = [p for p in self.energy.parameters() if p.grad is not None]
         max_norm = float("inf") if self.grad_clip is None else self.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-        energy_gap = energy_model.detach().mean() - energy_data.detach().mean()
+        work.losses["grad_norm"] = grad_norm.detach()
         check_round(
-            index,
+            work.index,
             {
-                "data energy": energy_data,
-                "sample energy": energy_model,
-                "loss": loss,
+                "data energy": work.energy_data,
+                "sample energy": work.energy_model,
+                "loss": work.loss,
                 "parameter gradient": grad_norm,
             },
             self.max_energy_gap,
-            energy_gap,
+            work.round.energy_gap,
         )
         self.optimizer.step()
-        round = Round(
-            index=index,
-            x_data=x_data,
-            init=init,
-            result=result,
-            energy_data=energy_data.detach(),
-            energy_model=energy_model.detach(),
-            losses={
-                "loss/total": loss.detach(),
-                "loss/contrastive": contrastive.detach(),
-                "loss/regulariser": regulariser.detach(),
-                "grad_norm": grad_norm.detach(),
-            },
-        )
-        for learnable in self.all_learnables:
-            for name, value in learnable.learn(round).items():
-                round.losses[f"{type(learnable).__name__}/{name}"] = value.detach()
-        self.initializer.update(round)
-        self.round_index = index
-        return round
+        work.loss = None  # the graph is no longer needed
+
+    def learn(self, work: RoundWork) -> None:
+        """Phase "learnables": each Learnable's update once, its losses checked and logged."""
+        for path, learnable in self.all_learnables.items():
+            losses = learnable.learn(work.round)
+            check_learnable(work.index, path, learnable, losses)
+            for name, value in losses.items():
+                work.losses[f"{path}/{name}"] = value.detach()
+
+    def update_initializer(self, work: RoundWork) -> None:
+        """Phase "initializer_update": the initializer learns from the round."""
+        self.initializer.update(work.round)
+
+    # The loop ----------------------------------------------------------------------------
+
+    def train_round(self) -> Round:
+        """One round, phase by phase; returns its Round record.
+
+        Raises DivergenceError on non-finite values (energies, loss, gradient, a Learnable's
+        losses), naming the round and what went wrong.
+        """
+        work = RoundWork(index=self.round_index + 1)
+        for _, phase in self.phases():
+            phase(work)
+        self.round_index = work.index
+        return work.round
 
     def fit(self, observer: RoundObserver | None = None) -> Contrastive:
         """Train from the current round to `n_rounds`, reporting each round to `observer`."""
@@ -166,40 +248,49 @@ class Contrastive:
             observer.after_fit(self)
         return self
 
-    def stateful_components(self) -> dict[str, Any]:
-        """Everything besides the energy whose state a checkpoint must hold."""
-        parts: dict[str, Any] = {"sampler": self.sampler, "initializer": self.initializer}
-        for number, learnable in enumerate(self.all_learnables):
-            parts[f"learnable{number}"] = learnable
+    # Checkpoints -------------------------------------------------------------------------
+
+    def stateful_components(self) -> dict[str, Stateful]:
+        """The sampler and initializer when they hold state (and are not Learnables)."""
+        learnable_ids = {id(learnable) for learnable in self.all_learnables.values()}
+        parts = {"sampler": self.sampler, "initializer": self.initializer}
         return {
             name: part
             for name, part in parts.items()
-            if callable(getattr(part, "state_dict", None))
-            and callable(getattr(part, "load_state_dict", None))
+            if isinstance(part, Stateful) and id(part) not in learnable_ids
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """The trainer's whole state: energy, optimizer, loader, components, round."""
+        """The trainer's whole state: energy, optimizer, loader, components, Learnables, round."""
         return {
             "round": self.round_index,
             "energy": self.energy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "loader": self.loader.state_dict(),
             "components": {n: p.state_dict() for n, p in self.stateful_components().items()},
+            "learnables": {p: part.state_dict() for p, part in self.all_learnables.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` returned."""
-        self.round_index = state["round"]
-        self.energy.load_state_dict(state["energy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.loader.load_state_dict(state["loader"])
+        """Restore what `state_dict` returned; refuses a checkpoint of other components."""
         parts = self.stateful_components()
-        missing = set(state["components"]) ^ set(parts)
-        if missing:
+        if set(state["components"]) != set(parts):
             raise ValueError(
                 f"the checkpoint's components {sorted(state['components'])} do not match this "
                 f"config's {sorted(parts)}; resume with the config the run was started with"
             )
+        saved = state.get("learnables", {})
+        if set(saved) != set(self.all_learnables):
+            raise ValueError(
+                f"the checkpoint's Learnables are at {sorted(saved) or 'no path'} but this "
+                f"config's are at {sorted(self.all_learnables) or 'no path'}; resume with "
+                f"the config the run was started with"
+            )
+        self.round_index = state["round"]
+        self.energy.load_state_dict(state["energy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loader.load_state_dict(state["loader"])
         for name, part in parts.items():
             part.load_state_dict(state["components"][name])
+        for path, learnable in self.all_learnables.items():
+            learnable.load_state_dict(saved[path])

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ebmkit.errors import DivergenceError
 
-__all__ = ["check_round"]
+__all__ = ["check_learnable", "check_round"]
 
 
 def check_round(
@@ -37,4 +37,31 @@ def check_round(
             f"= {max_energy_gap}; training stopped (the last checkpoint before this round is "
             f"kept). Raise the bound or stabilise training (alpha, smaller step size)"
         )
+    raise DivergenceError(message, round_index)
+
+
+def check_learnable(
+    round_index: int, path: str, learnable: object, losses: dict[str, Tensor]
+) -> None:
+    """Raise DivergenceError when a Learnable's loss is non-finite, naming it and the loss.
+
+    One host sync per Learnable and round; the message reads e.g.
+    "Generator loss/teach is nan at round 12 (the Learnable at initializer.generator)".
+    """
+    if not losses:
+        return
+    finite = torch.stack([value.detach().isfinite().all() for value in losses.values()])
+    if bool(finite.all()):
+        return
+    bad = []
+    for name, value in losses.items():
+        value = value.detach()
+        if not bool(value.isfinite().all()):
+            what = "nan" if bool(value.isnan().any()) else "inf"
+            bad.append(f"{name} is {what}")
+    message = (
+        f"{type(learnable).__name__} {', '.join(bad)} at round {round_index} (the Learnable at "
+        f"{path}); training stopped (the last checkpoint before this round is kept). Lower "
+        f"its learning rate or check what its loss reads from the round"
+    )
     raise DivergenceError(message, round_index)
