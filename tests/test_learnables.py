@@ -310,3 +310,13 @@ def test_learnable_modules_move_to_the_trainers_device_and_restore_their_optimiz
 def test_init_batch_moves_its_state_with_it() -> None:
     batch = InitBatch(x=torch.zeros(2, 2))
     assert batch.to("cpu") is batch
+
+
+def test_a_run_refuses_a_trainer_that_lacks_the_trainer_protocol(tmp_path: Path) -> None:
+    config = tmp_path / "bad.gin"
+    config.write_text(
+        "experiment.trainer = @samplers.Langevin()\nsamplers.Langevin.step_size = 0.1\n"
+    )
+    status, _, err = run_cli(["run", str(config), "--out", str(tmp_path / "run")])
+    assert status == 1 and err.count("ebmkit: error:") == 1
+    assert "experiment.trainer is a Langevin, which lacks energy, sampler, dataset" in err

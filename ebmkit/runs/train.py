@@ -12,6 +12,7 @@ from ebmkit.checkpoint.files import latest_checkpoint, load_checkpoint
 from ebmkit.checkpoint.rng import seed_everything, set_rng_state
 from ebmkit.config import parse_config, set_rounds
 from ebmkit.errors import CheckpointError, ConfigError
+from ebmkit.protocols import Trainer
 from ebmkit.runs.experiment import Experiment
 from ebmkit.runs.observer import RunObserver
 from ebmkit.runs.rollback import check_rollback_possible, fit_with_rollbacks, replay_rollbacks
@@ -56,6 +57,7 @@ def run_experiment(
     except (TypeError, ValueError) as error:
         raise ConfigError(f"in config {config}: {error}") from error
     trainer = experiment.trainer
+    _check_trainer(trainer, config)
     operative_config = gin.operative_config_str()
     if experiment.on_divergence == "rollback":
         check_rollback_possible(trainer.sampler, config)
@@ -86,3 +88,28 @@ def run_experiment(
         "rounds": trainer.round_index,
         "metrics": {k: v for k, v in observer.final_metrics.items() if not math.isnan(v)},
     }
+
+
+_TRAINER_MEMBERS = (
+    "energy",
+    "sampler",
+    "dataset",
+    "batch_size",
+    "n_rounds",
+    "round_index",
+    "fit",
+    "state_dict",
+    "load_state_dict",
+)
+
+
+def _check_trainer(trainer: Any, config: Path) -> None:
+    """The run reads a trainer through the `Trainer` protocol only: say what one lacks."""
+    if isinstance(trainer, Trainer):
+        return
+    missing = [name for name in _TRAINER_MEMBERS if not hasattr(trainer, name)]
+    raise ConfigError(
+        f"in config {config}: experiment.trainer is a {type(trainer).__name__}, which lacks "
+        f"{', '.join(missing)} of the Trainer protocol (ebmkit.Trainer) a run reads; bind a "
+        f"trainer, e.g. experiment.trainer = @trainers.Contrastive()"
+    )
