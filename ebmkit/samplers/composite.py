@@ -3,6 +3,7 @@ r"""Kernels in sequence: each step applies every stage once (a global move, then
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
@@ -12,6 +13,9 @@ from ebmkit.autograd import energy_and_grad
 from ebmkit.protocols import Energy, Sampler, StepScalable
 from ebmkit.records import LONE_STEP, ChainState, StepContext, StepInfo
 from ebmkit.samplers.base import MarkovKernel, kept_from_previous
+
+if TYPE_CHECKING:
+    from ebmkit.testing import SamplerCase
 
 __all__ = ["Composite"]
 
@@ -62,6 +66,35 @@ class Composite(MarkovKernel):
 
     stages: dict[str, Sampler] = attrs.field(converter=dict, validator=_stage_names)
     n_steps: int = attrs.field(default=100, validator=attrs.validators.ge(0))
+
+    @classmethod
+    def testing_cases(cls) -> list[SamplerCase]:
+        """Cases for `ebmkit.testing`: two ULA stages (exactly their composed Langevin law on a
+        Gaussian), ULA then adaptive MALA (unadjusted: within 0.03 of the target), and two
+        MALA stages, the second adapting (exact; each stage's owned state kept apart)."""
+        from ebmkit.samplers.langevin import Langevin
+        from ebmkit.samplers.mala import MALA
+        from ebmkit.testing import LangevinMove, SamplerCase
+
+        two_ula = {"coarse": Langevin(step_size=0.06), "fine": Langevin(step_size=0.03)}
+        ula_mala = {"ula": Langevin(step_size=0.05), "mala": MALA(step_size=0.15, adapt_steps=15)}
+        two_mala = {"global": MALA(step_size=0.4), "local": MALA(step_size=0.1, adapt_steps=15)}
+        return [
+            SamplerCase(
+                name="ula-then-ula",
+                sampler=Composite(stages=two_ula),
+                exact=False,
+                langevin_law=(LangevinMove(step_size=0.06), LangevinMove(step_size=0.03)),
+                bias_tolerance=0.03,
+            ),
+            SamplerCase(
+                name="ula-then-mala",
+                sampler=Composite(stages=ula_mala),
+                exact=False,
+                bias_tolerance=0.03,
+            ),
+            SamplerCase(name="mala-then-mala", sampler=Composite(stages=two_mala), exact=True),
+        ]
 
     def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
         """E and ∇E at `x`; what the stages own is kept from `previous` (or made on first use)."""

@@ -2,6 +2,8 @@ r"""Metropolis-adjusted Langevin (MALA): the Langevin proposal with an MH correc
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 import torch
 from torch import Tensor
@@ -17,6 +19,9 @@ from ebmkit.samplers.moves import (
     metropolis_accept,
     select_chains,
 )
+
+if TYPE_CHECKING:
+    from ebmkit.testing import SamplerCase
 
 __all__ = ["MALA"]
 
@@ -81,6 +86,18 @@ class MALA(MarkovKernel):
                 f"MALA adapts the step size with noise_scale = sqrt(2·step_size), but "
                 f"noise_scale={self.noise_scale} was set; drop noise_scale or set adapt_steps=0"
             )
+
+    @classmethod
+    def testing_cases(cls) -> list[SamplerCase]:
+        """Exact cases for `ebmkit.testing`: plain, adapting for 15 steps (so N + N = 2N
+        continuation with N = 10 carries adapted step sizes and ages), and a clipped drift."""
+        from ebmkit.testing import SamplerCase
+
+        return [
+            SamplerCase(name="mala", sampler=MALA(step_size=0.2), exact=True),
+            SamplerCase(name="adaptive", sampler=MALA(step_size=0.1, adapt_steps=15), exact=True),
+            SamplerCase(name="grad-clip", sampler=MALA(step_size=0.2, grad_clip=2.0), exact=True),
+        ]
 
     def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
         """Chains at `x` with E, ∇E and the per-chain step size cached.

@@ -3,6 +3,7 @@ r"""STANLEY / AniLA: Langevin with a gradient-dependent diagonal step Γ(x), opt
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
@@ -24,6 +25,9 @@ from ebmkit import (
     metropolis_accept,
     select_chains,
 )
+
+if TYPE_CHECKING:
+    from ebmkit.testing import SamplerCase
 
 __all__ = [
     "LEGACY_NOISE_SCALE",
@@ -192,6 +196,41 @@ class Stanley(MarkovKernel):
             )
         if self.legacy_code and self.noise_scale is None:
             self.noise_scale = LEGACY_NOISE_SCALE
+
+    @classmethod
+    def testing_cases(cls) -> list[SamplerCase]:
+        """Cases for `ebmkit.testing`.
+
+        - "paper-ula-limit": the paper's unadjusted update with th = 20, above every gradient
+          on the test targets, so Γ = εI and the step is exactly ULA(ε/2, √ε): held to that
+          biased Langevin law on a Gaussian (and the mixture within 0.03).
+        - "paper": the unadjusted update with Γ(x) active (th = 2). Its continuous limit lacks
+          the drift ½∂ᵢγᵢ, so it is biased whatever ε; held to the target only within 0.15.
+        - "metropolis": the MH-corrected kernel (th = ε = 0.5, Γ active), exact.
+        """
+        from ebmkit.testing import LangevinMove, SamplerCase
+
+        ula_limit = LangevinMove(step_size=0.1, noise_scale=math.sqrt(0.2))
+        return [
+            SamplerCase(
+                name="paper-ula-limit",
+                sampler=Stanley(step_size=0.2, th=20.0),
+                exact=False,
+                langevin_law=(ula_limit,),
+                bias_tolerance=0.03,
+            ),
+            SamplerCase(
+                name="paper",
+                sampler=Stanley(step_size=0.2, th=2.0),
+                exact=False,
+                bias_tolerance=0.15,
+            ),
+            SamplerCase(
+                name="metropolis",
+                sampler=Stanley(step_size=0.5, th=0.5, metropolis=True),
+                exact=True,
+            ),
+        ]
 
     def scale_step_size(self, factor: float) -> None:
         """ε ← factor·ε, so Γ(x) and the noise Γ^(1/2) shrink together (same temperature).

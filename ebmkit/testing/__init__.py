@@ -1,0 +1,109 @@
+r"""Exact-target checks every registered sampler passes; a plugin's tests call them too.
+
+Each check runs many independent chains on a tiny target with a known law, looks at the
+final states (i.i.d. across chains, so no autocorrelation to correct for) and raises
+AssertionError with every number (z-scores, weights, crossings, what differed) when the
+sampler misses. Statistical tolerances are `Z_MAX` = 5 standard errors; every check takes
+about a second or less on one CPU core.
+
+The checks:
+
+- `check_gaussian_moments`: from a far start, the mean and covariance of a correlated
+  Gaussian (`STANDARD_GAUSSIAN`), or an unadjusted kernel's exact biased law.
+- `check_mixture`: on 0.25·N(−1, .45²) + 0.75·N(1, .45²) (`STANDARD_MIXTURE`), chains started
+  in reversed proportions cross between the modes (at least 2 crossings per chain) and reach
+  the mode weights.
+- `check_moment_power`: the moment check fails unadjusted Langevin at a step where its O(h)
+  bias is measurable, and passes it against its exact law (`langevin_moments`; the stationary
+  covariance in closed form: `ula_stationary_covariance`).
+- `check_reproducible`: the same `torch.Generator` seed gives the same chains bit for bit,
+  another seed differs, the global RNG is untouched.
+- `check_continuation`: 2N steps equal N steps plus N continued through
+  `initializers.Persistent` (and its checkpoint), bit for bit, kernel-owned state included.
+- `check_contract`: shapes, no NaN, `n_grad_evals` equal to the gradients really taken, no
+  graph unless `differentiable=True`, and a lone `step` hands on `owned` entries it does
+  not own.
+
+**The convention for registered samplers.** Every registered sampler (core or plugin) offers
+a classmethod ``testing_cases() -> list[SamplerCase]``: configured instances, each saying
+whether it is exact (MH-corrected, held to the target) or unadjusted (held to its exact law
+on a Gaussian, `langevin_law`, or to the target within a stated `bias_tolerance`). The core
+test ``tests/test_sampler_contract.py`` reads the registry (`registered_sampler_cases`) and
+runs every check on every case, so a new plugin's kernel is covered without editing core
+tests; a registered sampler without cases fails there with a message saying what to add.
+Define the method on the registered class itself (an inherited one is refused), and import
+`ebmkit.testing` inside it (the module needs the samplers, not the other way round).
+
+Example:
+    >>> from ebmkit.samplers.mala import MALA
+    >>> case = SamplerCase(name="mala", sampler=MALA(step_size=0.2), exact=True)
+    >>> check_reproducible(case)
+    >>> check_continuation(case)
+    >>> report = check_gaussian_moments(case, n_chains=1000, n_steps=100)
+    >>> report.max_z < Z_MAX
+    True
+"""
+
+from ebmkit.testing.cases import (
+    CASES_METHOD,
+    RegisteredCase,
+    SamplerCase,
+    as_case,
+    registered_sampler_cases,
+)
+from ebmkit.testing.contract import (
+    FOREIGN_OWNED,
+    GradientCounter,
+    check_continuation,
+    check_contract,
+    check_reproducible,
+    state_differences,
+)
+from ebmkit.testing.statistics import (
+    Z_MAX,
+    MixtureReport,
+    MomentReport,
+    check_gaussian_moments,
+    check_mixture,
+    check_moment_power,
+    gaussian_moment_report,
+)
+from ebmkit.testing.targets import (
+    FAR_START,
+    STANDARD_GAUSSIAN,
+    STANDARD_MIXTURE,
+    GaussianTarget,
+    LangevinMove,
+    MixtureTarget,
+    langevin_moments,
+    ula_stationary_covariance,
+)
+
+__all__ = [
+    "CASES_METHOD",
+    "FAR_START",
+    "FOREIGN_OWNED",
+    "STANDARD_GAUSSIAN",
+    "STANDARD_MIXTURE",
+    "Z_MAX",
+    "GaussianTarget",
+    "GradientCounter",
+    "LangevinMove",
+    "MixtureReport",
+    "MixtureTarget",
+    "MomentReport",
+    "RegisteredCase",
+    "SamplerCase",
+    "as_case",
+    "check_continuation",
+    "check_contract",
+    "check_gaussian_moments",
+    "check_mixture",
+    "check_moment_power",
+    "check_reproducible",
+    "gaussian_moment_report",
+    "langevin_moments",
+    "registered_sampler_cases",
+    "state_differences",
+    "ula_stationary_covariance",
+]
