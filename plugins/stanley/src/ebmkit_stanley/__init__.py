@@ -10,6 +10,7 @@ from ebmkit_stanley.kernel import (
     proposal_log_prob,
     proposal_mean,
 )
+from ebmkit_stanley.toynet import ToyNet
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,7 @@ __all__ = [
     "LEGACY_NOISE_SCALE",
     "REDUCTIONS",
     "Stanley",
+    "ToyNet",
     "anisotropic_step_size",
     "gradient_magnitude",
     "metropolis_log_ratio",
