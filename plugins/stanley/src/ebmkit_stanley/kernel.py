@@ -281,10 +281,12 @@ class Stanley(MarkovKernel):
         """`state` with E, ∇E and Γ at x, and the gradient evaluations that cost (0 or 1)."""
         if state.grad is None:
             return self.init(state.x, energy, previous=state), 1
-        if "gamma" not in state.extras:  # a state made by another kernel
-            extras = {**state.extras, "gamma": self.step_sizes(state.grad)}
-            return attrs.evolve(state, extras=extras), 0
-        return state, 0
+        # Γ(x) is re-derived from the cached ∇E at every step (a few elementwise operations),
+        # never taken from the cache: a state made by another kernel has none, and one made
+        # before `step_size`, `th` or `reduce` changed holds a stale Γ, which would make the
+        # MH ratio wrong until the next acceptance.
+        extras = {**state.extras, "gamma": self.step_sizes(state.grad)}
+        return attrs.evolve(state, extras=extras), 0
 
     def step(
         self,
