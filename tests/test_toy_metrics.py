@@ -139,6 +139,27 @@ def test_grid_kl_of_broad_gaussian_matches_closed_form() -> None:
     assert expected > 2.0
 
 
+def test_grid_kl_at_a_temperature_scores_exp_of_minus_energy_over_temperature() -> None:
+    """An energy T·E_exact is exact at temperature T (KL 0) and wrong at T = 1; dividing by
+    T is the same as scoring the energy E/T, for the closed-form Gaussian case too."""
+    dataset = Rings(n_samples=10)
+    exact = exact_energy(dataset)
+    cold = ShiftedEnergy(lambda x: 0.005 * exact(x), 3.0)  # a Langevin x − ∇E + 0.1ξ scale
+    assert abs(grid_kl(cold, dataset, resolution=100, temperature=0.005)) < 1e-6
+    assert grid_kl(cold, dataset, resolution=100) > 0.5  # p^0.005: nearly flat
+    gaussians = EightGaussians(n_samples=10, radius=2.0, std=0.15)
+    broad = QuadraticEnergy(1.5)
+    expected = grid_kl(broad, gaussians)
+    hot = ShiftedEnergy(lambda x: 4.0 * broad(x), -1.0)
+    assert grid_kl(hot, gaussians, temperature=4.0) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, math.inf, math.nan, True, "1"])
+def test_grid_kl_refuses_a_temperature_that_is_not_a_positive_number(temperature: object) -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        grid_kl(lambda x: x[:, 0], Rings(n_samples=10), resolution=4, temperature=temperature)
+
+
 def test_grid_kl_refuses_a_cell_centre_on_the_rings_singularity() -> None:
     dataset = Rings(n_samples=10)
     with pytest.raises(ValueError, match="even resolution"):

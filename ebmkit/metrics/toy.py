@@ -121,28 +121,46 @@ def energy_grid(
     return points, _evaluate(energy, points)
 
 
-def grid_kl(energy: Energy, dataset: ToyDataset, resolution: int = 200) -> float:
+def grid_kl(
+    energy: Energy, dataset: ToyDataset, resolution: int = 200, *, temperature: float = 1.0
+) -> float:
     """KL(p_data || p_model) with both densities normalised over the cells of a grid.
 
-    p_data = exp(dataset.log_density) and p_model = exp(-E) are evaluated at the cell centres
-    of `dataset.bounds` and normalised with logsumexp in float64; cells where p_data is 0
-    contribute 0. Exact up to the grid (midpoint rule). Non-finite energies give inf or nan.
+    p_data = exp(dataset.log_density) and p_model = exp(-E/T) are evaluated at the cell
+    centres of `dataset.bounds` and normalised with logsumexp in float64; cells where p_data
+    is 0 contribute 0. Exact up to the grid (midpoint rule). Non-finite energies give inf or
+    nan.
 
     Arguments:
         energy: callable or nn.Module mapping (B, 2) to energies (B,).
         dataset: toy set providing the exact log-density and the bounds.
         resolution: cells per side of the grid.
+        temperature: T > 0, the temperature the model's samplers run at: a Langevin chain
+            x - h*grad E + sigma*xi samples exp(-E/T) with T = sigma^2/(2h) (T = 1 for ULA's
+            sigma = sqrt(2h)), so an energy trained with it is scored at that T.
     Returns:
         The KL divergence in nats.
+
+    Example:
+        >>> from ebmkit.data.toy import Rings
+        >>> rings = Rings(n_samples=10)
+        >>> flat = grid_kl(lambda x: 0.0 * x[:, 0], rings, resolution=20)
+        >>> flat == grid_kl(lambda x: 0.0 * x[:, 0], rings, resolution=20, temperature=0.1)
+        True
     """
+    if isinstance(temperature, bool) or not (
+        isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0
+    ):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     points, energies = energy_grid(energy, dataset.bounds, resolution)
-    return _grid_kl_from_energies(points, energies, dataset, resolution)
+    return _grid_kl_from_energies(points, energies / float(temperature), dataset, resolution)
 
 
 def _grid_kl_from_energies(
     points: Tensor, energies: Tensor, dataset: ToyDataset, resolution: int
 ) -> float:
-    """`grid_kl` from the `energy_grid` output over `dataset.bounds` at `resolution`."""
+    """`grid_kl` at T = 1 from the `energy_grid` output over `dataset.bounds` at `resolution`
+    (a temperature divides `energies` first)."""
     log_p = dataset.log_density(points)
     if bool(torch.isnan(log_p).any() | (log_p == math.inf).any()):
         raise ValueError(
