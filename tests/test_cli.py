@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import os
 import shutil
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    PNG_SIGNATURE,
+    TOY_GIN,
+    checkpoint,
+    console_script,
+    metrics_lines,
+    run_cli,
+    subprocess_env,
+    write_lines,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import gin
-from ebmkit.cli import main
-from ebmkit.registry import AUTOLOAD_ENV, get_registry, reset_registry
+from ebmkit.registry import get_registry, reset_registry
 from ebmkit.samplers.langevin import Langevin
 
-TOY_GIN = Path(__file__).resolve().parents[1] / "gin" / "base" / "toy.gin"
+pytestmark = pytest.mark.usefixtures("builtin_registry")
+
 ROUNDS = 5
 STEP_SIZE = 0.02  # bound on the command line (the config says 0.01)
 
@@ -68,9 +73,7 @@ def write_config(
     lines = list(TINY_LINES)
     for old, new in (replace or {}).items():
         lines[lines.index(old)] = new
-    path = folder / name
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_lines(folder, name, lines)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, str, int]]:
@@ -86,14 +89,6 @@ def snapshot(folder: Path) -> dict[str, tuple[int, str, int]]:
     return state
 
 
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """main(argv) in this process; (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(argv)
-    return status, out.getvalue(), err.getvalue()
-
-
 def assert_one_clear_error(status: int, out: str, err: str) -> str:
     """Exit 1, nothing on stdout, one `ebmkit: error:` message, no traceback; the message."""
     assert status == 1
@@ -102,14 +97,6 @@ def assert_one_clear_error(status: int, out: str, err: str) -> str:
     assert err.count("ebmkit: error:") == 1
     assert "Traceback" not in err
     return err.removeprefix("ebmkit: error: ")
-
-
-@pytest.fixture(autouse=True)
-def builtin_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-    yield
-    gin.clear_config()
-    reset_registry()
 
 
 @attrs.frozen
@@ -140,10 +127,6 @@ def run_copy(finished: FinishedRun, tmp_path: Path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(finished.out, copy)
     return copy
-
-
-def metrics_lines(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 # -- what a run writes -----------------------------------------------------------------------
@@ -189,19 +172,19 @@ def test_only_the_last_keep_checkpoints_remain(finished: FinishedRun) -> None:
         "round-00000004.pt",
         "round-00000005.pt",
     ]
-    state = torch.load(folder / "round-00000005.pt", weights_only=True)
+    state = checkpoint(finished.out, 5)
     assert state["round"] == ROUNDS
     assert state["operative_config"] == (finished.out / "operative_config.gin").read_text()
     assert set(state) >= {"energy", "optimizer", "loader", "components", "rng"}
     assert state["components"]["initializer"]["buffer"].shape == (64, 2)
-    assert torch.load(folder / "round-00000004.pt", weights_only=True)["round"] == 4
+    assert checkpoint(finished.out, 4)["round"] == 4
 
 
 def test_sample_pictures_are_png_files_at_the_sample_rounds(finished: FinishedRun) -> None:
     pictures = sorted((finished.out / "samples").iterdir())
     assert [path.name for path in pictures] == ["round-00000003.png", "round-00000005.png"]
     for path in pictures:
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_metrics_jsonl_holds_one_valid_json_line_per_log(finished: FinishedRun) -> None:
@@ -445,17 +428,6 @@ def test_config_prints_the_error_of_a_bad_config(tmp_path: Path) -> None:
 
 
 # -- the console script, end to end ----------------------------------------------------------
-
-
-def console_script() -> list[str]:
-    script = Path(sys.executable).with_name("ebmkit")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "ebmkit.cli"]
-
-
-def subprocess_env() -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop(AUTOLOAD_ENV, None)
-    return env
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from helpers import finished_round
 
 from ebmkit.initializers.data import Data
 from ebmkit.initializers.noise import Noise
@@ -135,7 +136,6 @@ def test_replay_starts_full_of_noise() -> None:
 
 def make_round(init: InitBatch, x: torch.Tensor) -> Round:
     """The smallest Round a Replay.update reads: its InitBatch and the sampler's final x."""
-    n = x.shape[0]
     result = SampleResult(
         x=x,
         state=ChainState(x=x, energy=None, grad=None),
@@ -144,14 +144,7 @@ def make_round(init: InitBatch, x: torch.Tensor) -> Round:
         energy_trace=torch.zeros(0),
         step_size=torch.tensor(0.1),
     )
-    return Round(
-        index=1,
-        x_data=torch.zeros_like(x),
-        init=init,
-        result=result,
-        energy_data=torch.zeros(n),
-        energy_model=torch.zeros(n),
-    )
+    return finished_round(1, init, result)
 
 
 def test_replay_update_writes_final_states_to_their_slots() -> None:

@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
+from helpers import finished_round
 
-from ebmkit import ChainState, InitBatch, Round, energy_and_grad
+from ebmkit import ChainState, InitBatch, energy_and_grad
 from ebmkit.energies.mlp import MLPEnergy
 from ebmkit.initializers.noise import Noise
 from ebmkit.initializers.persistent import Persistent
@@ -13,14 +14,6 @@ from ebmkit.initializers.replay import Replay
 from ebmkit.samplers.composite import Composite
 from ebmkit.samplers.langevin import Langevin
 from ebmkit.samplers.mala import MALA
-
-
-def finished(index: int, init: InitBatch, result) -> Round:
-    """The Round an initializer's `update` reads (no data needed here)."""
-    empty = torch.zeros(0)
-    return Round(
-        index=index, x_data=empty, init=init, result=result, energy_data=empty, energy_model=empty
-    )
 
 
 def small_energy(seed: int = 0) -> MLPEnergy:
@@ -38,7 +31,7 @@ def test_mala_through_persistent_four_rounds_of_50_equal_one_run_of_200_bit_for_
         if index == 1:
             x0 = init.x.clone()
         result = sampler.sample(energy, init, 50, generator=generator)
-        bank.update(finished(index, init, result))
+        bank.update(finished_round(index, init, result))
     whole = sampler.sample(energy, x0, 200, generator=torch.Generator().manual_seed(3))
     assert torch.equal(bank.positions, whole.x)
     assert torch.equal(bank.step_sizes, whole.state.step_size)
@@ -55,7 +48,7 @@ def test_continued_chains_use_the_energy_as_it_is_now():
     bank = Persistent(n_chains=32, start=Noise(shape=(2,)), shuffle=False)
     init = bank.sample(32)
     result = sampler.sample(energy, init, 10)
-    bank.update(finished(1, init, result))
+    bank.update(finished_round(1, init, result))
     old_energy = result.state.energy.clone()
     with torch.no_grad():
         for parameter in energy.parameters():
@@ -88,7 +81,7 @@ def test_a_restored_bank_draws_the_same_chains_with_the_same_states():
     bank = Persistent(n_chains=12, start=Noise(shape=(2,)))
     for index in range(1, 4):
         init = bank.sample(5)
-        bank.update(finished(index, init, sampler.sample(energy, init, 3)))
+        bank.update(finished_round(index, init, sampler.sample(energy, init, 3)))
     copy = Persistent(n_chains=12, start=Noise(shape=(2,)))
     copy.load_state_dict(bank.state_dict())
     rng = torch.get_rng_state()
@@ -105,7 +98,7 @@ def test_chains_not_run_yet_start_with_the_configured_step_size():
     sampler = MALA(step_size=0.05, adapt_steps=10)
     bank = Persistent(n_chains=8, start=Noise(shape=(2,)), shuffle=False)
     init = bank.sample(4)
-    bank.update(finished(1, init, sampler.sample(energy, init, 10)))
+    bank.update(finished_round(1, init, sampler.sample(energy, init, 10)))
     assert bank.step_sizes[4:].isnan().all()  # not set yet
     assert bank.owned["age"][4:].eq(0).all()
     init = bank.sample(4)  # chains 4-7, never run
@@ -120,7 +113,7 @@ def test_bank_errors_name_the_setting():
     init = Noise(shape=(2,)).sample(4)
     result = Langevin(step_size=0.1).sample(lambda x: x.square().sum(1), init.x, 1)
     with pytest.raises(ValueError, match="InitBatch its own `sample` returned"):
-        bank.update(finished(1, init, result))
+        bank.update(finished_round(1, init, result))
     state = bank.state_dict()
     with pytest.raises(ValueError, match="n_chains = 5"):
         Persistent(n_chains=5, start=Noise(shape=(2,))).load_state_dict(
@@ -264,7 +257,7 @@ def test_persistent_chains_reach_the_mixture_weight_that_fresh_chains_with_the_s
         for index in range(1, 121):
             init = initializer.sample(2048)
             result = sampler.sample(_mixture_energy, init, 20)
-            initializer.update(finished(index, init, result))
+            initializer.update(finished_round(index, init, result))
         weights[name] = float((result.x[:, 0] < 0).float().mean())
     assert abs(weights["persistent"] - 0.25) < 0.03, weights
     assert abs(weights["fresh"] - 0.25) > 0.2, weights

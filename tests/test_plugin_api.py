@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import importlib
-import itertools
 import json
 import math
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from test_registry import plugin_listing, write_distribution
+from helpers import (
+    console_script,
+    on_sys_path,
+    plugin_listing,
+    subprocess_env,
+    unique_tag,
+    write_distribution,
+    write_lines,
+)
 
 import ebmkit
 import gin
@@ -22,7 +26,9 @@ from ebmkit import cli
 from ebmkit.cli import main
 from ebmkit.commands import BUILTIN_COMMANDS
 from ebmkit.errors import UnknownComponentError
-from ebmkit.registry import AUTOLOAD_ENV, Kind, get_registry, reset_registry
+from ebmkit.registry import Kind, get_registry, reset_registry
+
+pytestmark = pytest.mark.usefixtures("builtin_registry")
 
 # The flowkit distribution, installed once for this module. Its module name does not start
 # with `ebmkit_test_` so no other test module's clean-up drops it: a re-imported module would
@@ -160,16 +166,6 @@ FID_FLAGS = (
     "--device",
     "--save-stats",
 )
-_counter = itertools.count()
-
-
-@pytest.fixture(autouse=True)
-def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Entry points enabled; gin and the registry rebuilt after each test."""
-    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-    yield
-    gin.clear_config()
-    reset_registry()
 
 
 @pytest.fixture(scope="module")
@@ -178,30 +174,15 @@ def flowkit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("flowkit_site")
     modules = {FLOWKIT_MODULE: FLOWKIT_SOURCE}
     write_distribution(folder, FLOWKIT_DIST, "1.0", {"flowkit": FLOWKIT_MODULE}, modules)
-    sys.path.insert(0, str(folder))
-    importlib.invalidate_caches()
-    yield folder
-    sys.path.remove(str(folder))
-    importlib.invalidate_caches()
-    reset_registry()
+    with on_sys_path(folder, forget=False):
+        yield folder
 
 
 def _site(tmp_path: Path, first: bool) -> Iterator[Path]:
     folder = tmp_path / "site"
     folder.mkdir()
-    before = set(sys.modules)
-    if first:
-        sys.path.insert(0, str(folder))
-    else:
-        sys.path.append(str(folder))
-    importlib.invalidate_caches()
-    yield folder
-    sys.path.remove(str(folder))
-    for name in set(sys.modules) - before:
-        if name.startswith("ebmkit_test_"):
-            del sys.modules[name]
-    importlib.invalidate_caches()
-    reset_registry()
+    with on_sys_path(folder, first=first):
+        yield folder
 
 
 @pytest.fixture
@@ -218,7 +199,7 @@ def early_site(tmp_path: Path) -> Iterator[Path]:
 
 def install(site: Path, kind: str, source: str) -> tuple[str, str]:
     """A one-module distribution in `site`; (entry-point name, a unique tag for names)."""
-    tag = f"{os.getpid()}_{next(_counter)}"
+    tag = unique_tag()
     module = f"ebmkit_test_{kind}_{tag}"
     source = source.replace("TAG", tag)
     write_distribution(site, module, "0.1", {f"{kind}_{tag}": module}, {module: source})
@@ -227,10 +208,7 @@ def install(site: Path, kind: str, source: str) -> tuple[str, str]:
 
 def ebmkit_subprocess(site: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     """The console script in a fresh process with `site` on PYTHONPATH."""
-    script = Path(sys.executable).with_name("ebmkit")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "ebmkit.cli"]
-    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
-    env.pop(AUTOLOAD_ENV, None)
+    command, env = console_script(), subprocess_env(site)
     return subprocess.run([*command, *argv], capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -241,9 +219,7 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, 
 
 
 def write_flow_config(folder: Path, *lines: str) -> Path:
-    config = folder / "flow.gin"
-    config.write_text("\n".join(lines) + "\n")
-    return config
+    return write_lines(folder, "flow.gin", lines)
 
 
 # -- a new kind ------------------------------------------------------------------------------

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import inspect
-import itertools
 import math
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    TOY_GIN,
+    console_script,
+    on_sys_path,
+    plugin_listing,
+    subprocess_env,
+    unique_tag,
+    write_distribution,
+)
 
 import ebmkit
 import gin
@@ -39,7 +45,7 @@ from ebmkit.samplers.langevin import Langevin
 from ebmkit.samplers.mala import MALA
 from ebmkit.trainers.contrastive import Contrastive
 
-TOY_GIN = Path(__file__).resolve().parents[1] / "gin" / "base" / "toy.gin"
+pytestmark = pytest.mark.usefixtures("builtin_registry")
 
 BUILTINS: dict[str, dict[str, object]] = {
     "sampler": {"Langevin": Langevin, "MALA": MALA},
@@ -81,35 +87,6 @@ DEMO_SOURCE = '''
     def ebmkit_register(registry):
         registry.add("sampler", "DemoLangevin", DemoLangevin)
 '''
-_unique = itertools.count()
-
-
-def write_distribution(
-    site: Path, dist: str, version: str, entry_points: dict[str, str], modules: dict[str, str]
-) -> None:
-    """An installed distribution in `site`: modules plus a dist-info with `ebmkit` entry points."""
-    info = site / f"{dist}-{version}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
-    (info / "entry_points.txt").write_text(f"[ebmkit]\n{lines}")
-    for module, source in modules.items():
-        (site / f"{module}.py").write_text(textwrap.dedent(source))
-
-
-def _drop_test_modules(before: set[str]) -> None:
-    for name in set(sys.modules) - before:
-        if name.startswith("ebmkit_test_"):
-            del sys.modules[name]
-
-
-@pytest.fixture(autouse=True)
-def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Entry points enabled ($EBMKIT_DISABLE_PLUGIN_AUTOLOAD unset); the registry rebuilt after."""
-    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-    yield
-    gin.clear_config()
-    reset_registry()
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +96,8 @@ def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     write_distribution(
         site, DEMO_DIST, DEMO_VERSION, {"demo": DEMO_MODULE}, {DEMO_MODULE: DEMO_SOURCE}
     )
-    before = set(sys.modules)
-    sys.path.insert(0, str(site))
-    importlib.invalidate_caches()
-    yield site
-    sys.path.remove(str(site))
-    _drop_test_modules(before)
-    importlib.invalidate_caches()
-    reset_registry()
+    with on_sys_path(site):
+        yield site
 
 
 @pytest.fixture
@@ -134,20 +105,14 @@ def site(tmp_path: Path) -> Iterator[Path]:
     """A per-test folder on sys.path for more distributions; removed (and forgotten) after."""
     folder = tmp_path / "site"
     folder.mkdir()
-    before = set(sys.modules)
-    sys.path.insert(0, str(folder))
-    importlib.invalidate_caches()
-    yield folder
-    sys.path.remove(str(folder))
-    _drop_test_modules(before)
-    importlib.invalidate_caches()
-    reset_registry()
+    with on_sys_path(folder):
+        yield folder
 
 
 @pytest.fixture
 def broken_plugin(site: Path) -> tuple[str, str, Path]:
     """A distribution whose module fails to import; returns (entry name, dist, import log)."""
-    tag = f"{os.getpid()}_{next(_unique)}"
+    tag = unique_tag()
     name, dist, module = f"broken_{tag}", f"ebmkit_test_broken_{tag}", f"ebmkit_test_broken_{tag}"
     log = site / f"{module}.imports"
     source = f"""
@@ -163,26 +128,6 @@ def broken_plugin(site: Path) -> tuple[str, str, Path]:
 
 def import_count(log: Path) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
-
-
-def plugin_listing(output: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """`ebmkit plugins` output → ({plugin: status line}, {section: {component: plugin}})."""
-    plugins: dict[str, str] = {}
-    sections: dict[str, dict[str, str]] = {}
-    section = None
-    for line in output.splitlines():
-        if line and not line.startswith(" "):
-            section = line.removesuffix(":")
-            sections.setdefault(section, {})
-        elif section == "plugins":
-            name, _, rest = line.strip().partition(" ")
-            plugins[name] = rest
-        elif section is not None:
-            match = re.fullmatch(r"  (\S+)\s+\[(\S+)\] ?.*", line)
-            assert match, f"unexpected line in `ebmkit plugins`: {line!r}"
-            sections[section][match.group(1)] = match.group(2)
-    sections.pop("plugins", None)
-    return plugins, sections
 
 
 def installed(kind: str, *blocked: str) -> dict[str, str]:
@@ -432,10 +377,8 @@ def test_a_plugin_component_trains_from_a_gin_config(
 def test_a_blocked_plugin_cannot_be_used_by_a_config(demo_site: Path, tmp_path: Path) -> None:
     """End to end: the console script, the demo distribution on PYTHONPATH, -p no:demo."""
     config = write_demo_config(tmp_path)
-    script = Path(sys.executable).with_name("ebmkit")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "ebmkit.cli"]
-    env = {**os.environ, "PYTHONPATH": str(demo_site), "OMP_NUM_THREADS": "1"}
-    env.pop(AUTOLOAD_ENV, None)
+    command = console_script()
+    env = subprocess_env(demo_site)
     out = tmp_path / "blocked"
     blocked = subprocess.run(
         [*command, "-p", "no:demo", "run", str(config), "--out", str(out)],
@@ -576,7 +519,7 @@ def test_the_environment_variable_disables_entry_point_loading(
 
 def _hook_failure_plugin(site: Path) -> tuple[str, str]:
     """A plugin whose ebmkit_register adds a sampler, then raises; (entry name, sampler)."""
-    tag = f"{os.getpid()}_{next(_unique)}"
+    tag = unique_tag()
     module = f"ebmkit_test_hookfail_{tag}"
     sampler = f"HalfRegistered{tag}"
     source = f"""
@@ -627,7 +570,7 @@ def test_a_plugin_failing_in_its_register_hook_can_be_blocked(
 
 def test_a_plugin_reusing_a_builtin_name_is_broken_and_the_builtin_stays(site: Path) -> None:
     """In a fresh process (in this one gin already knows samplers.Langevin)."""
-    tag = f"{os.getpid()}_{next(_unique)}"
+    tag = unique_tag()
     module = f"ebmkit_test_duplicate_{tag}"
     source = """
         import ebmkit
@@ -643,10 +586,8 @@ def test_a_plugin_reusing_a_builtin_name_is_broken_and_the_builtin_stays(site: P
             registry.add("sampler", "Langevin", MyLangevin)
     """
     write_distribution(site, module, "0.1", {f"duplicate_{tag}": module}, {module: source})
-    script = Path(sys.executable).with_name("ebmkit")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "ebmkit.cli"]
-    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
-    env.pop(AUTOLOAD_ENV, None)
+    command = console_script()
+    env = subprocess_env(site)
     listed = subprocess.run(
         [*command, "plugins"], capture_output=True, text=True, env=env, timeout=120
     )

@@ -2,35 +2,37 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import io
-import json
 import re
-import sys
-import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from helpers import (
+    TOY_GIN,
+    checkpoint,
+    metrics_lines,
+    on_sys_path,
+    run_cli,
+    write_distribution,
+    write_lines,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import TensorDataset
 
-import gin
 from ebmkit.checkpoint.files import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
-from ebmkit.cli import main
 from ebmkit.data.loader import ResumableLoader
 from ebmkit.errors import CheckpointError
-from ebmkit.registry import AUTOLOAD_ENV, reset_registry
 
-TOY_GIN = Path(__file__).resolve().parents[1] / "gin" / "base" / "toy.gin"
+pytestmark = pytest.mark.usefixtures("builtin_registry")
+
 BATCH = 32
 N_SAMPLES = 96  # three batches an epoch: the runs below cross epoch boundaries
 
@@ -77,17 +79,8 @@ def _len(value: Any) -> str:
     return str(len(value)) if isinstance(value, list | tuple) else "-"
 
 
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(argv)
-    return status, out.getvalue(), err.getvalue()
-
-
 def write_config(folder: Path, name: str, lines: Sequence[str]) -> Path:
-    path = folder / name
-    path.write_text("\n".join([f"include '{TOY_GIN}'", *lines]) + "\n")
-    return path
+    return write_lines(folder, name, [f"include '{TOY_GIN}'", *lines])
 
 
 def toy_lines(sampler: str = "Langevin", energy: str = "MLP") -> list[str]:
@@ -114,18 +107,6 @@ def toy_lines(sampler: str = "Langevin", energy: str = "MLP") -> list[str]:
         "experiment.checkpoint_every = 1",
         "experiment.keep_checkpoints = 100",
     ]
-
-
-def checkpoint(run: Path, round_index: int) -> dict[str, Any]:
-    return torch.load(run / "checkpoints" / f"round-{round_index:08d}.pt", weights_only=True)
-
-
-@pytest.fixture(autouse=True)
-def builtin_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-    yield
-    gin.clear_config()
-    reset_registry()
 
 
 # -- the comparison helper itself ------------------------------------------------------------
@@ -212,7 +193,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one_bit_for_bit(
 
 def logged_after(run: Path, round_index: int) -> list[dict[str, Any]]:
     """metrics.jsonl lines after `round_index`, without the wall-clock rate."""
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics_lines(run)
     for line in lines:
         line.pop("perf/samples_per_s", None)
     return [line for line in lines if line["round"] > round_index]
@@ -429,18 +410,9 @@ NAN_SOURCE = '''
 def nan_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """NaNAfter and Stiff as an installed plugin distribution (entry point `nantest`)."""
     site = tmp_path_factory.mktemp("nan_site")
-    info = site / f"{NAN_MODULE}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {NAN_MODULE}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[ebmkit]\nnantest = {NAN_MODULE}\n")
-    (site / f"{NAN_MODULE}.py").write_text(textwrap.dedent(NAN_SOURCE))
-    sys.path.insert(0, str(site))
-    importlib.invalidate_caches()
-    yield
-    sys.path.remove(str(site))
-    sys.modules.pop(NAN_MODULE, None)
-    importlib.invalidate_caches()
-    reset_registry()
+    write_distribution(site, NAN_MODULE, "0.1", {"nantest": NAN_MODULE}, {NAN_MODULE: NAN_SOURCE})
+    with on_sys_path(site):
+        yield
 
 
 @pytest.mark.parametrize(
@@ -476,7 +448,7 @@ def test_a_nan_energy_stops_the_run_at_the_round_it_appears(
     state = load_checkpoint(out / "checkpoints" / "round-00000002.pt")
     assert state["round"] == 2
     assert all(bool(tensor.isfinite().all()) for tensor in state["energy"].values())
-    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = metrics_lines(out)
     assert [line["round"] for line in logged] == [1, 2]
     accumulator = EventAccumulator(str(out / "tb"))
     accumulator.Reload()

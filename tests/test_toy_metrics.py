@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
+from helpers import PNG_SIGNATURE
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -32,8 +33,6 @@ from ebmkit.metrics.toy import (
     toy_metrics,
 )
 from ebmkit.tracking.plots import density_figure, save_figure
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class QuadraticEnergy(nn.Module):

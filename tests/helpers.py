@@ -1,0 +1,133 @@
+"""Helpers shared by several test modules (`from helpers import ...`; tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import itertools
+import json
+import os
+import re
+import sys
+import textwrap
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ebmkit.cli import main
+from ebmkit.records import InitBatch, Round, SampleResult
+from ebmkit.registry import AUTOLOAD_ENV, reset_registry
+
+TOY_GIN = Path(__file__).resolve().parents[1] / "gin" / "base" / "toy.gin"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_unique = itertools.count()
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """main(argv) in this process; (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(argv)
+    return status, out.getvalue(), err.getvalue()
+
+
+def write_lines(folder: Path, name: str, lines: Sequence[str]) -> Path:
+    """A config file `folder/name` holding `lines`, one a line; its path."""
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def metrics_lines(run: Path) -> list[dict]:
+    """A run's metrics.jsonl, one dict a line."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def checkpoint(run: Path, round_index: int) -> dict[str, Any]:
+    """A run's checkpoint of `round_index`, as torch.load reads it (weights_only)."""
+    return torch.load(run / "checkpoints" / f"round-{round_index:08d}.pt", weights_only=True)
+
+
+def console_script() -> list[str]:
+    """The `ebmkit` command of this interpreter's environment (or `python -m ebmkit.cli`)."""
+    script = Path(sys.executable).with_name("ebmkit")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ebmkit.cli"]
+
+
+def subprocess_env(pythonpath: Path | None = None) -> dict[str, str]:
+    """This environment for a child process: one thread, autoload unset, PYTHONPATH if given."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    env.pop(AUTOLOAD_ENV, None)
+    return env
+
+
+def unique_tag() -> str:
+    """A tag for names no other test (or xdist worker) uses: `<pid>_<counter>`."""
+    return f"{os.getpid()}_{next(_unique)}"
+
+
+def write_distribution(
+    site: Path, dist: str, version: str, entry_points: dict[str, str], modules: dict[str, str]
+) -> None:
+    """An installed distribution in `site`: modules plus a dist-info with `ebmkit` entry points."""
+    info = site / f"{dist}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[ebmkit]\n{lines}")
+    for module, source in modules.items():
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+@contextlib.contextmanager
+def on_sys_path(folder: Path, *, first: bool = True, forget: bool = True) -> Iterator[Path]:
+    """`folder` on sys.path; after: removed, new ebmkit_test_* modules dropped, registry reset."""
+    before = set(sys.modules)
+    if first:
+        sys.path.insert(0, str(folder))
+    else:
+        sys.path.append(str(folder))
+    importlib.invalidate_caches()
+    try:
+        yield folder
+    finally:
+        sys.path.remove(str(folder))
+        if forget:
+            for name in set(sys.modules) - before:
+                if name.startswith("ebmkit_test_"):
+                    del sys.modules[name]
+        importlib.invalidate_caches()
+        reset_registry()
+
+
+def plugin_listing(output: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """`ebmkit plugins` output → ({plugin: status line}, {section: {component: plugin}})."""
+    plugins: dict[str, str] = {}
+    sections: dict[str, dict[str, str]] = {}
+    section = None
+    for line in output.splitlines():
+        if line and not line.startswith(" "):
+            section = line.removesuffix(":")
+            sections.setdefault(section, {})
+        elif section == "plugins":
+            name, _, rest = line.strip().partition(" ")
+            plugins[name] = rest
+        elif section is not None:
+            match = re.fullmatch(r"  (\S+)\s+\[(\S+)\] ?.*", line)
+            assert match, f"unexpected line in `ebmkit plugins`: {line!r}"
+            sections[section][match.group(1)] = match.group(2)
+    sections.pop("plugins", None)
+    return plugins, sections
+
+
+def finished_round(index: int, init: InitBatch, result: SampleResult) -> Round:
+    """The Round an initializer's `update` reads: `init` and `result` (no data, no energies)."""
+    empty = torch.zeros(0)
+    return Round(
+        index=index, x_data=empty, init=init, result=result, energy_data=empty, energy_model=empty
+    )
