@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import io
 import json
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 import pytest
 import torch
+from helpers import TOY_GIN, checkpoint, on_sys_path, run_cli, write_distribution
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ebmkit import ConfigError, InitBatch, LearnableModule, find_learnables
 from ebmkit.checkpoint.rng import seed_everything
-from ebmkit.cli import main
 from ebmkit.data.toy import EightGaussians
 from ebmkit.energies.mlp import MLPEnergy
 from ebmkit.initializers.noise import Noise
-from ebmkit.registry import AUTOLOAD_ENV, reset_registry
 from ebmkit.samplers.langevin import Langevin
 from ebmkit.trainers.contrastive import Contrastive
 
-TOY_GIN = Path(__file__).resolve().parents[1] / "gin" / "base" / "toy.gin"
 MODULE = "ebmkit_test_learnables"
 
 PLUGIN_SOURCE = '''
@@ -72,30 +65,12 @@ PLUGIN_SOURCE = '''
 def learnable_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """LearnedStart as an installed plugin distribution (entry point `learntest`)."""
     site = tmp_path_factory.mktemp("learn_site")
-    info = site / f"{MODULE}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {MODULE}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[ebmkit]\nlearntest = {MODULE}\n")
-    (site / f"{MODULE}.py").write_text(textwrap.dedent(PLUGIN_SOURCE))
-    sys.path.insert(0, str(site))
-    importlib.invalidate_caches()
-    yield
-    sys.path.remove(str(site))
-    sys.modules.pop(MODULE, None)
-    importlib.invalidate_caches()
-    reset_registry()
+    write_distribution(site, MODULE, "0.1", {"learntest": MODULE}, {MODULE: PLUGIN_SOURCE})
+    with on_sys_path(site):
+        yield
 
 
-@pytest.fixture(autouse=True)
-def _autoload(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(argv)
-    return status, out.getvalue(), err.getvalue()
+pytestmark = pytest.mark.usefixtures("builtin_registry")
 
 
 def write_config(folder: Path, lines: list[str]) -> Path:
@@ -131,10 +106,6 @@ def last_scalars(run: Path) -> dict:
     """The last metrics.jsonl row of the round scalars (not the toy-metrics rows)."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [row for row in rows if "loss/total" in row][-1]
-
-
-def checkpoint(run: Path, round_index: int) -> dict:
-    return torch.load(run / "checkpoints" / f"round-{round_index:08d}.pt", weights_only=True)
 
 
 def test_a_learnable_with_a_nan_loss_stops_the_run_naming_it_and_keeps_earlier_checkpoints(
