@@ -8,6 +8,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DivergenceError",
     "EbmkitError",
+    "OutputPathError",
     "PluginLoadError",
     "UnknownComponentError",
 ]
@@ -42,6 +43,11 @@ class DivergenceError(EbmkitError):
     def __init__(self, message: str, round_index: int) -> None:
         super().__init__(message)
         self.round_index = round_index
+
+
+class OutputPathError(EbmkitError):
+    """A run, sample or statistics path that cannot be created or written: a file where the
+    folder should be, no permission, a read-only filesystem, a full disk (path, cause, fix)."""
 
 
 class DatasetNotFoundError(EbmkitError, FileNotFoundError):

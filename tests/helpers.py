@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import io
 import itertools
 import json
 import os
 import re
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator, Sequence
@@ -130,4 +132,30 @@ def finished_round(index: int, init: InitBatch, result: SampleResult) -> Round:
     empty = torch.zeros(0)
     return Round(
         index=index, x_data=empty, init=init, result=result, energy_data=empty, energy_model=empty
+    )
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`, by path relative to it ("nothing lost" checks)."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def run_console_script(
+    argv: Sequence[str], *, prefix: Sequence[str] = (), cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The `ebmkit` console script in a child process (one thread, autoload unset), captured.
+
+    `prefix` goes before the command, e.g. a wrapper that runs it in another mount namespace.
+    """
+    return subprocess.run(
+        [*prefix, *console_script(), *argv],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=cwd,
+        timeout=300,
     )

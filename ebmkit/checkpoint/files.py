@@ -2,9 +2,10 @@ r"""Checkpoint files: atomic writes, the newest found, the oldest pruned, corrup
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,16 @@ import torch
 
 from ebmkit.errors import CheckpointError
 
-__all__ = ["latest_checkpoint", "list_checkpoints", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "remove_orphaned_temporaries",
+    "save_checkpoint",
+]
 
 _NAME = re.compile(r"^round-(\d+)\.pt$")
+_TEMPORARY = re.compile(r"^\.tmp-(?:(\d+)-)?[\w-]*\.pt$")  # .tmp-<pid>-<token>.pt (older: no pid)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -34,14 +42,19 @@ def latest_checkpoint(directory: Path) -> Path | None:
 def save_checkpoint(state: dict[str, Any], directory: Path, round_index: int, keep: int) -> Path:
     """Write `state` as `round-<N>.pt` atomically (temp file + os.replace); keep the last `keep`.
 
-    A crash mid-write leaves the previous checkpoints intact and no partial file behind; an
-    OSError (disk full, no permission) becomes a CheckpointError saying so.
+    A crash mid-write leaves the previous checkpoints intact; an OSError (disk full, no
+    permission) becomes a CheckpointError saying so. The file gets the mode every other file
+    of the run gets (0644 under the usual umask 022). A kill mid-write leaves its temporary
+    `.tmp-<pid>-<token>.pt`, which `remove_orphaned_temporaries` clears at the next start.
     """
     if keep < 1:
         raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"round-{round_index:08d}.pt"
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, temporary = _new_temporary(directory)
+    except OSError as error:
+        raise _write_failed(path, error) from error
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(state, stream)
@@ -50,16 +63,76 @@ def save_checkpoint(state: dict[str, Any], directory: Path, round_index: int, ke
         os.replace(temporary, path)
     except OSError as error:  # disk full, permissions, a vanished folder: say what is safe
         Path(temporary).unlink(missing_ok=True)
-        raise CheckpointError(
-            f"could not write checkpoint {path} ({error}); the checkpoints already in "
-            f"{directory} are intact. Free space or fix the folder, then continue with --resume"
-        ) from error
+        raise _write_failed(path, error) from error
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     for old in list_checkpoints(directory)[:-keep]:
-        old.unlink()
+        old.unlink(missing_ok=True)
     return path
+
+
+def _write_failed(path: Path, error: OSError) -> CheckpointError:
+    return CheckpointError(
+        f"could not write checkpoint {path} ({error}); the checkpoints already in "
+        f"{path.parent} are intact. Free space or fix the folder, then continue with --resume"
+    )
+
+
+def _new_temporary(directory: Path) -> tuple[int, Path]:
+    """A new `.tmp-<pid>-<token>.pt` in `directory`, opened for writing with mode 0o666 less
+    the umask (as `open()` creates files; `tempfile.mkstemp` would make it 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        temporary = directory / f".tmp-{os.getpid()}-{secrets.token_hex(4)}.pt"
+        try:
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {directory}")
+
+
+def remove_orphaned_temporaries(directory: Path) -> list[Path]:
+    """Remove the `.tmp-*.pt` files a kill during `save_checkpoint` left in `directory`.
+
+    Call it when a run starts, after it holds the run folder (its lock): a temporary whose
+    name carries the PID of another live process on this machine is kept, in case that
+    process is still writing it. Returns the files removed.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / ".tmp-abcd1234.pt").write_bytes(b"half a checkpoint")
+        >>> [path.name for path in remove_orphaned_temporaries(folder)]
+        ['.tmp-abcd1234.pt']
+    """
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in sorted(directory.iterdir()):
+        if not (match := _TEMPORARY.match(path.name)):
+            continue
+        if match.group(1) is not None and _alive_elsewhere(int(match.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _alive_elsewhere(pid: int) -> bool:
+    """Whether `pid` is a live process other than this one (POSIX; elsewhere: assume not)."""
+    if pid == os.getpid() or os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except (OSError, OverflowError):  # no such PID can exist
+        return False
+    return True
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

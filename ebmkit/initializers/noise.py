@@ -6,6 +6,7 @@ import attrs
 import torch
 
 from ebmkit.records import InitBatch, Round
+from ebmkit.validators import one_of
 
 __all__ = ["Noise"]
 
@@ -27,9 +28,7 @@ class Noise:
     """
 
     shape: tuple[int, ...] = attrs.field(converter=tuple)
-    distribution: str = attrs.field(
-        default="uniform", validator=attrs.validators.in_(("uniform", "gaussian"))
-    )
+    distribution: str = attrs.field(default="uniform", validator=one_of("uniform", "gaussian"))
     low: float = -1.0
     high: float = 1.0
     mean: float = 0.0

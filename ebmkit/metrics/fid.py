@@ -10,6 +10,7 @@ torch's hub cache (where pytorch-fid itself keeps them). Features are taken from
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import sys
@@ -223,14 +224,34 @@ def load_statistics(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarra
 
 
 def save_statistics(path: str | os.PathLike[str], mu: np.ndarray, sigma: np.ndarray) -> Path:
-    """Write (mu, sigma) as .npz, atomically."""
+    """Write (mu, sigma) as .npz, atomically (a failed write leaves no temporary file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with temporary.open("wb") as stream:
-        np.savez(stream, mu=mu, sigma=sigma)
-    os.replace(temporary, path)
+    try:
+        with temporary.open("wb") as stream:
+            np.savez(stream, mu=mu, sigma=sigma)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return path
+
+
+def _check_statistics_target(path: Path) -> None:
+    """`--save-stats PATH` before any work: an .npz name in a folder that can be written."""
+    from ebmkit.runs.folders import check_writable, writing_into
+
+    if path.suffix != ".npz":
+        raise EbmkitError(
+            f"--save-stats must name an .npz file (it is read back by its suffix), got {path}; "
+            f"e.g. --save-stats {path.with_suffix('.npz')}"
+        )
+    with writing_into(path, "--save-stats", "statistics file"):
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(path.parent)
 
 
 def load_images(folder: str | os.PathLike[str]) -> Tensor:
@@ -244,8 +265,14 @@ def load_images(folder: str | os.PathLike[str]) -> Tensor:
         )
     arrays = []
     for file in files:
-        with Image.open(file) as image:
-            arrays.append(np.asarray(image.convert("RGB")))
+        try:
+            with Image.open(file) as image:
+                arrays.append(np.asarray(image.convert("RGB")))
+        except OSError as error:  # not an image, truncated, unreadable
+            raise EbmkitError(
+                f"{file} cannot be read as an image ({error}); remove it from {folder}, or "
+                f"write the samples again with `ebmkit sample RUN --out NEW_FOLDER`"
+            ) from error
     sizes = {array.shape for array in arrays}
     if len(sizes) > 1:
         raise EbmkitError(f"images in {folder} differ in size ({sorted(sizes)}); resize them")
@@ -324,11 +351,22 @@ def _paired_statistics(
     network: InceptionFeatures | None = None
     statistics = []
     for source in sources:
+        if statistics and _same_path(source, sources[0]):  # one set against itself: once
+            statistics.append(statistics[0])
+            continue
         needs_network = isinstance(source, Tensor) or Path(source).suffix != ".npz"
         if needs_network and network is None:
             network = InceptionFeatures(dims, weights, random_weights, batch_size, device)
         statistics.append(_statistics_of(source, network))
     return statistics
+
+
+def _same_path(
+    first: str | os.PathLike[str] | Tensor, second: str | os.PathLike[str] | Tensor
+) -> bool:
+    if isinstance(first, Tensor) or isinstance(second, Tensor):
+        return False
+    return Path(first).resolve() == Path(second).resolve()
 
 
 def fid(
@@ -374,6 +412,8 @@ def fid_between_paths(
     for path in (samples, reference):
         if not Path(path).exists():
             raise EbmkitError(f"{path} does not exist (give a folder of images or an .npz)")
+    if save_samples_stats is not None:
+        _check_statistics_target(Path(save_samples_stats))
     statistics = _paired_statistics(
         (samples, reference), dims, weights, random_weights, batch_size, device
     )
@@ -384,7 +424,10 @@ def fid_between_paths(
             f"must have been made with the same --dims ({dims})"
         )
     if save_samples_stats is not None:
-        save_statistics(save_samples_stats, mu1, sigma1)
+        from ebmkit.runs.folders import writing_into
+
+        with writing_into(Path(save_samples_stats), "--save-stats", "statistics file"):
+            save_statistics(save_samples_stats, mu1, sigma1)
     return {
         "fid": frechet_distance(mu1, sigma1, mu2, sigma2),
         "dims": int(mu1.shape[0]),

@@ -2,6 +2,7 @@ r"""Draw samples from a trained run: rebuild its parts from the checkpoint's ope
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -16,10 +17,11 @@ from torch import Tensor
 import gin
 from ebmkit.checkpoint.files import latest_checkpoint, load_checkpoint
 from ebmkit.checkpoint.rng import seed_everything
-from ebmkit.errors import CheckpointError, ConfigError, EbmkitError
+from ebmkit.errors import CheckpointError, ConfigError, EbmkitError, OutputPathError
 from ebmkit.learnables import find_learnables
 from ebmkit.protocols import Stateful
 from ebmkit.registry import get_registry
+from ebmkit.runs.folders import explain_os_error, prepare_output_folder
 
 __all__ = [
     "SamplingParts",
@@ -27,6 +29,7 @@ __all__ = [
     "draw_samples",
     "find_checkpoint",
     "parse_config_string",
+    "prepare_sample_folder",
     "sample_run",
     "write_samples",
 ]
@@ -192,26 +195,48 @@ def draw_samples(
     return torch.cat(chunks)
 
 
-def write_samples(samples: Tensor, out: Path) -> list[Path]:
-    """Images (N, C, H, W) as `sample-NNNNNN.png` (from [−1, 1]); anything else as
-    `samples.npy`. Refuses to overwrite earlier samples.
-    """
-    from torchvision.utils import save_image
+def prepare_sample_folder(out: Path) -> Path:
+    """Create `out` (checked writable) for `ebmkit sample --out`; refuse one holding samples.
 
-    out.mkdir(parents=True, exist_ok=True)
+    Raises:
+        OutputPathError: `out` cannot be created or written (a file in the way, no
+            permission, a read-only filesystem, a full disk).
+        EbmkitError: `out` already holds samples.
+    """
+    prepare_output_folder(out, "--out", "sample folder")
     earlier = sorted(out.glob("sample-*.png")) + sorted(out.glob("samples.npy"))
     if earlier:
         raise EbmkitError(f"{out} already holds samples ({earlier[0].name}); choose another --out")
-    if samples.dim() == 4 and samples.shape[1] in (1, 3):
-        paths = []
-        for index, image in enumerate(samples.clamp(-1, 1)):
-            path = out / f"sample-{index:06d}.png"
-            save_image(image.add(1).div(2), path)
-            paths.append(path)
-        return paths
+    return out
+
+
+def write_samples(samples: Tensor, out: Path) -> list[Path]:
+    """Images (N, C, H, W) as `sample-NNNNNN.png` (from [−1, 1]); anything else as
+    `samples.npy`. Refuses to overwrite earlier samples; a failed write (disk full, ...)
+    raises OutputPathError saying how many files were written.
+    """
+    from torchvision.utils import save_image
+
+    prepare_sample_folder(out)
+    paths: list[Path] = []
     path = out / "samples.npy"
-    np.save(path, samples.numpy())
-    return [path]
+    try:
+        if samples.dim() == 4 and samples.shape[1] in (1, 3):
+            for index, image in enumerate(samples.clamp(-1, 1)):
+                path = out / f"sample-{index:06d}.png"
+                save_image(image.add(1).div(2), path)
+                paths.append(path)
+        else:
+            np.save(path, samples.numpy())
+            paths.append(path)
+    except OSError as error:
+        with contextlib.suppress(OSError):  # no half-written file left to pass for a sample
+            path.unlink(missing_ok=True)
+        message = explain_os_error(error, out, "--out", "sample folder")
+        raise OutputPathError(
+            f"{message} ({len(paths)} of {len(samples)} samples were written before it failed)"
+        ) from error
+    return paths
 
 
 def sample_run(
@@ -230,6 +255,7 @@ def sample_run(
     state = load_checkpoint(checkpoint)
     seed_everything(seed)
     parts = build_parts(state, str(checkpoint), device)
+    prepare_sample_folder(Path(out))  # before drawing: a bad --out fails in a second
     samples = draw_samples(parts, n, n_steps, batch_size)
     written = write_samples(samples, Path(out))
     kind = "images" if written[0].suffix == ".png" else "points"

@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 
 import gin
+from ebmkit.validators import one_of
 
 __all__ = ["Experiment"]
 
@@ -38,9 +39,7 @@ class Experiment:
     sample_every: int = attrs.field(default=100, validator=attrs.validators.ge(1))
     checkpoint_every: int = attrs.field(default=100, validator=attrs.validators.ge(1))
     keep_checkpoints: int = attrs.field(default=3, validator=attrs.validators.ge(1))
-    on_divergence: str = attrs.field(
-        default="stop", validator=attrs.validators.in_(("stop", "rollback"))
-    )
+    on_divergence: str = attrs.field(default="stop", validator=one_of("stop", "rollback"))
     rollback_factor: float = attrs.field(
         default=0.5,
         converter=float,

@@ -14,6 +14,7 @@ from ebmkit.learnables import find_learnables
 from ebmkit.protocols import Initializer, Learnable, RoundObserver, Sampler, Stateful
 from ebmkit.records import InitBatch, Round, SampleResult
 from ebmkit.trainers.guard import check_learnable, check_round
+from ebmkit.validators import one_of
 
 __all__ = ["LEARN_ORDERS", "Contrastive", "RoundWork"]
 
@@ -103,7 +104,7 @@ class Contrastive:
     max_energy_gap: float | None = None
     learnables: Sequence[Learnable] = ()
     learn_order: str = attrs.field(
-        default="after_energy_step", validator=attrs.validators.in_(LEARN_ORDERS)
+        default="after_energy_step", validator=one_of(*LEARN_ORDERS)
     )
     seed: int = 0
     device: str = "cpu"
