@@ -11,7 +11,7 @@ from pathlib import Path
 import gin
 from ebmkit.commands import Command
 from ebmkit.config import parse_config
-from ebmkit.errors import EbmkitError
+from ebmkit.errors import EbmkitError, RunInterrupted
 from ebmkit.registry import Registry, reset_registry
 
 __all__ = ["main"]
@@ -41,7 +41,16 @@ def _parser(registry: Registry) -> argparse.ArgumentParser:
     run.add_argument(
         "--bind", action="append", default=[], metavar="'a.b = v'", help="extra gin binding"
     )
-    run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint (the run's own --bind values are re-applied)",
+    )
+    run.add_argument(
+        "--accept-config-change",
+        action="store_true",
+        help="with --resume: continue although the config differs from the run's",
+    )
 
     _add_sample_parser(commands)
     _add_eval_parser(commands, registry)
@@ -184,7 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ebmkit.runs.train import run_experiment
 
             summary = run_experiment(
-                args.config, args.out, args.rounds, args.bind, resume=args.resume
+                args.config,
+                args.out,
+                args.rounds,
+                args.bind,
+                resume=args.resume,
+                accept_config_change=args.accept_config_change,
             )
             print(json.dumps(summary, indent=2))
         elif args.command == "sample":
@@ -193,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = registry.eval_tasks.get(args.task).run(args)
         elif args.command in registry.commands:
             status = registry.commands.get(args.command).run(args)
+    except RunInterrupted as interrupted:
+        print(f"ebmkit: {interrupted}", file=sys.stderr)
+        return interrupted.exit_status
     except EbmkitError as error:
         print(f"ebmkit: error: {error}", file=sys.stderr)
         return 1

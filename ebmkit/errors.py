@@ -10,6 +10,7 @@ __all__ = [
     "EbmkitError",
     "OutputPathError",
     "PluginLoadError",
+    "RunInterrupted",
     "UnknownComponentError",
 ]
 
@@ -37,12 +38,34 @@ class CheckpointError(EbmkitError):
     """A checkpoint that is missing, unreadable or does not match the run."""
 
 
-class DivergenceError(EbmkitError):
-    """Non-finite energies, gradients or losses (or an energy gap beyond its bound)."""
+class RunInterrupted(EbmkitError):
+    """A run stopped on SIGINT / SIGTERM after saving its round; `exit_status` is 130 / 143."""
 
-    def __init__(self, message: str, round_index: int) -> None:
+    def __init__(self, message: str, exit_status: int) -> None:
         super().__init__(message)
-        self.round_index = round_index
+        self.exit_status = exit_status
+
+
+class DivergenceError(EbmkitError):
+    """Non-finite energies, gradients or losses, or a blow-up, in a round of training.
+
+    The message reads "<cause>; training stopped<checkpoint note>. <advice>": the guard
+    knows the cause and the advice, the run adds what it knows about checkpoints.
+
+    Arguments:
+        cause: what went wrong, naming the round, the quantity and the component.
+        round_index: the round it appeared in.
+        advice: what would fix it.
+    """
+
+    def __init__(self, cause: str, round_index: int, advice: str = "") -> None:
+        self.cause, self.round_index, self.advice = cause, round_index, advice
+        self.checkpoint_note = ""
+        super().__init__(cause)
+
+    def __str__(self) -> str:
+        message = f"{self.cause}; training stopped{self.checkpoint_note}"
+        return f"{message}. {self.advice}" if self.advice else message
 
 
 class OutputPathError(EbmkitError):

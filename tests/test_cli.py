@@ -344,7 +344,7 @@ def test_after_removing_a_corrupt_checkpoint_the_run_resumes_from_the_older_one(
         "round-00000006.pt",
     ]
     rounds = [line["round"] for line in metrics_lines(run_copy) if "energy/gap" in line]
-    assert rounds == [1, 2, 3, 4, 5, 5, 6]  # the run log keeps round 5 of the first attempt
+    assert rounds == [1, 2, 3, 4, 5, 6]  # round 5 of the first attempt was cut back: once each
 
 
 def test_a_checkpoint_that_is_not_an_ebmkit_checkpoint_is_named(
@@ -389,6 +389,17 @@ def test_resuming_with_a_config_that_does_not_match_the_checkpoint(
     argv += ["--bind", f"samplers.Langevin.step_size = {STEP_SIZE}", "--rounds", "7"]
     message = assert_one_clear_error(*run_cli(argv))
     latest = run_copy / "checkpoints" / "round-00000005.pt"
+    # Refused before anything is built: the changed binding is listed, old → new.
+    assert message.startswith("--resume: the config differs from the one the run was started")
+    name, _, value = bind.partition(" = ")
+    assert f"{name.split('.', 1)[1]}: " in message and f"→ {value}" in message
+    assert "--accept-config-change" in message
+    assert snapshot(run_copy) == before
+    # Accepted on purpose, the checkpoint itself still cannot hold these shapes.
+    status, out, err = run_cli([*argv, "--accept-config-change"])
+    note, _, rest = err.partition("\n")
+    assert note.startswith("ebmkit: note: continuing with a changed config (")
+    message = assert_one_clear_error(status, out, rest)
     assert message.startswith(f"checkpoint {latest} does not fit this config (")
     assert "resume with the config and bindings the run was started with" in message
     assert snapshot(run_copy) == before

@@ -437,8 +437,8 @@ def test_a_nan_energy_stops_the_run_at_the_round_it_appears(
     assert err.count("ebmkit: error:") == 1 and "Traceback" not in err
     message = err[err.index("ebmkit: error: ") :]
     assert message.startswith(
-        f"ebmkit: error: round 3: non-finite {named}; training stopped (the last checkpoint "
-        f"before this round is kept)."
+        f"ebmkit: error: round 3: non-finite {named}; training stopped (the checkpoint of "
+        f"round 2 is kept, round-00000002.pt; --resume continues from it)."
     )
     # the checkpoints before the round are kept, and none of it or later exists
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
@@ -464,7 +464,7 @@ def test_an_energy_gap_beyond_its_bound_stops_the_first_round(tmp_path: Path) ->
     message = err[err.index("ebmkit: error: ") :]
     assert re.match(
         r"ebmkit: error: round 1: energy gap -?[0-9.e+-]+ exceeds max_energy_gap = 1e-09; "
-        r"training stopped \(the last checkpoint before this round is kept\)",
+        r"training stopped \(no checkpoint was written before this round\)",
         message,
     ), message
     assert not (out / "checkpoints").exists()
@@ -529,7 +529,10 @@ def test_rollback_gives_up_after_max_rollbacks(nan_plugin: None, tmp_path: Path)
     assert err.count("ebmkit: error:") == 1 and "Traceback" not in err
     message = err[err.index("ebmkit: error: ") :]
     assert "non-finite sample energy" in message
-    assert "after 2 rollback(s), step size 0.0025; raise experiment.max_rollbacks" in message
+    assert (
+        "[after 2 rollback(s), step size 0.0025]; training stopped (the checkpoint of " in message
+    )
+    assert "Raise experiment.max_rollbacks" in message
     assert latest_checkpoint(out / "checkpoints").name == "round-00000002.pt"
 
 

@@ -2,6 +2,7 @@ r"""The run observer: logs each round, saves pictures, evaluates toy metrics, ch
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from ebmkit.errors import DivergenceError
 from ebmkit.protocols import StepScalable
 from ebmkit.records import Round
 from ebmkit.runs.experiment import Experiment
+from ebmkit.runs.interrupts import EXIT_STATUS, InterruptRequest, RunInterrupted
 from ebmkit.tracking.images import log_data_grid, log_energy_histograms
 from ebmkit.tracking.run_logger import RunLogger
 
@@ -35,11 +37,31 @@ def _is_toy(dataset: Any) -> bool:
 class RunObserver:
     """Logs each round, draws samples, evaluates toy metrics and writes checkpoints."""
 
-    def __init__(self, experiment: Experiment, run_dir: Path, operative_config: str) -> None:
+    def __init__(
+        self,
+        experiment: Experiment,
+        run_dir: Path,
+        operative_config: str,
+        *,
+        run_record: dict[str, Any] | None = None,
+        purge_after: int | None = None,
+        interrupt: InterruptRequest | None = None,
+        resume_command: str = "ebmkit run CONFIG --out RUN --resume",
+    ) -> None:
+        """Arguments beyond the experiment, folder and config: `run_record` (the config path
+        and the --bind values, stored in checkpoints so `--resume` re-applies them),
+        `purge_after` (a resumed run's checkpoint round: tensorboard drops later steps),
+        `interrupt` (checked after each round) and the command that continues the run."""
         self.experiment = experiment
         self.run_dir = run_dir
         self.operative_config = operative_config
-        self.logger = RunLogger(run_dir)
+        self.run_record = run_record or {}
+        self.interrupt = interrupt
+        self.resume_command = resume_command
+        self.last_checkpoint_round: int | None = None
+        self.logger = RunLogger(
+            run_dir, purge_step=None if purge_after is None else purge_after + 1
+        )
         self.final_metrics: dict[str, float] = {}
         self._clock = time.perf_counter()
         self._rounds_since_log = 0
@@ -79,6 +101,20 @@ class RunObserver:
             self.checkpoint(trainer)
         if self._progress is not None:
             self._progress.update(1)
+        if self.interrupt is not None and self.interrupt.requested:
+            self._stop_on_signal(trainer)
+
+    def _stop_on_signal(self, trainer: Any) -> None:
+        """Save the finished round (unless just saved) and stop with 130 / 143."""
+        if self.last_checkpoint_round != trainer.round_index:
+            self.checkpoint(trainer)
+        signum = self.interrupt.signum
+        raise RunInterrupted(
+            f"interrupted by {signal.Signals(signum).name} at round {trainer.round_index} "
+            f"(checkpoint round-{trainer.round_index:08d}.pt written); continue with: "
+            f"{self.resume_command}",
+            EXIT_STATUS[signum],
+        )
 
     def after_fit(self, trainer: Any) -> None:
         self.close()
@@ -95,17 +131,20 @@ class RunObserver:
         state["rng"] = get_rng_state()
         state["operative_config"] = self.operative_config
         state["divergence"] = {"rollbacks": self.rollbacks, "factor": self.rollback_factor}
-        return save_checkpoint(
+        state["run"] = self.run_record
+        path = save_checkpoint(
             state,
             self.run_dir / "checkpoints",
             trainer.round_index,
             self.experiment.keep_checkpoints,
         )
+        self.last_checkpoint_round = trainer.round_index
+        return path
 
     def rolled_back(self, trainer: Any, error: DivergenceError, checkpoint: Path) -> str:
         """Count a rollback and say what happened (stderr and tensorboard); the message."""
         self.rollbacks += 1
-        cause = str(error).split(";")[0]  # "round N: non-finite …" without "training stopped"
+        cause = error.cause  # "round N: non-finite …" without "training stopped"
         message = (
             f"ebmkit: {cause}: rolled back to round {trainer.round_index} "
             f"({checkpoint.name}); sampler step size ×{self.rollback_factor:g} → "

@@ -11,7 +11,12 @@ from ebmkit.errors import ConfigError, DivergenceError
 from ebmkit.protocols import StepScalable
 from ebmkit.runs.observer import RunObserver, step_size_of
 
-__all__ = ["check_rollback_possible", "fit_with_rollbacks", "replay_rollbacks"]
+__all__ = [
+    "check_rollback_possible",
+    "checkpoint_note",
+    "fit_with_rollbacks",
+    "replay_rollbacks",
+]
 
 
 def check_rollback_possible(sampler: Any, config: Path) -> None:
@@ -79,20 +84,32 @@ def fit_with_rollbacks(trainer: Any, observer: RunObserver, checkpoints: Path) -
             trainer.fit(observer)
             return
         except DivergenceError as error:
-            if experiment.on_divergence != "rollback":
+            newest = latest_checkpoint(checkpoints)
+            error.checkpoint_note = checkpoint_note(newest)
+            if experiment.on_divergence != "rollback" or newest is None:
                 raise
             if observer.rollbacks >= experiment.max_rollbacks:
-                raise DivergenceError(
-                    f"{error} [after {observer.rollbacks} rollback(s), step size "
-                    f"{step_size_of(trainer.sampler):.4g}; raise experiment.max_rollbacks or "
-                    f"lower the learning rate]",
+                spent = DivergenceError(
+                    f"{error.cause} [after {observer.rollbacks} rollback(s), step size "
+                    f"{step_size_of(trainer.sampler):.4g}]",
                     error.round_index,
-                ) from error
-            newest = latest_checkpoint(checkpoints)
-            if newest is None:  # removed by hand during the run
-                raise
+                    "Raise experiment.max_rollbacks or lower the learning rate",
+                )
+                spent.checkpoint_note = error.checkpoint_note
+                raise spent from error
             state = load_checkpoint(newest)
             trainer.load_state_dict(state)
             set_rng_state(state["rng"])
             trainer.sampler.scale_step_size(observer.rollback_factor)
             observer.rolled_back(trainer, error, newest)
+
+
+def checkpoint_note(newest: Path | None) -> str:
+    """What a stopped run keeps, truthfully: the newest checkpoint's round, or none."""
+    if newest is None:
+        return " (no checkpoint was written before this round)"
+    round_index = int(newest.stem.split("-")[-1])
+    return (
+        f" (the checkpoint of round {round_index} is kept, {newest.name}; --resume continues "
+        f"from it)"
+    )

@@ -3,18 +3,28 @@ r"""One run: parse the config, build the experiment, resume if asked, fit with t
 from __future__ import annotations
 
 import math
+import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import gin
-from ebmkit.checkpoint.files import latest_checkpoint, load_checkpoint
+from ebmkit.checkpoint.files import (
+    latest_checkpoint,
+    load_checkpoint,
+    remove_orphaned_temporaries,
+)
 from ebmkit.checkpoint.rng import seed_everything, set_rng_state
-from ebmkit.config import parse_config, set_rounds
+from ebmkit.config import explain_build_error, parse_config, set_rounds
 from ebmkit.errors import CheckpointError, ConfigError
 from ebmkit.protocols import Trainer
 from ebmkit.runs.experiment import Experiment
+from ebmkit.runs.folders import prepare_run_dir
+from ebmkit.runs.interrupts import InterruptRequest
+from ebmkit.runs.lock import RunLock
 from ebmkit.runs.observer import RunObserver
+from ebmkit.runs.resume import config_changes, cut_metrics_back, refuse_changes
 from ebmkit.runs.rollback import check_rollback_possible, fit_with_rollbacks, replay_rollbacks
 
 __all__ = ["run_experiment"]
@@ -26,27 +36,64 @@ def run_experiment(
     rounds: int | None = None,
     bindings: Sequence[str] = (),
     resume: bool = False,
+    accept_config_change: bool = False,
 ) -> dict[str, Any]:
     """Parse `config`, build the experiment, train (resuming if asked); return a summary.
 
-    Nothing in an existing run directory is overwritten unless `resume` continues it.
+    Nothing in an existing run directory is overwritten unless `resume` continues it. One
+    run holds a folder at a time (a lock file). A resumed run re-applies the `--bind`
+    values stored in its checkpoint before `bindings`, and is refused when the config then
+    differs from the run's beyond rounds, cadence and device (unless
+    `accept_config_change`); its logs are cut back to the checkpoint's round. SIGINT /
+    SIGTERM finish the round, save it and raise RunInterrupted (exit 130 / 143).
     """
-    parse_config(config, bindings)
-    if rounds is not None:
-        set_rounds(rounds)
     run_dir = out if out is not None else Path("runs") / config.stem
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    created = not run_dir.exists()
+    prepare_run_dir(run_dir)
+    try:
+        with RunLock(run_dir):
+            return _run_locked(
+                config, run_dir, rounds, list(bindings), resume, accept_config_change
+            )
+    except BaseException:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run refused before writing anything leaves no empty folder
+        raise
+
+
+def _run_locked(
+    config: Path,
+    run_dir: Path,
+    rounds: int | None,
+    bindings: list[str],
+    resume: bool,
+    accept_config_change: bool,
+) -> dict[str, Any]:
+    """`run_experiment` once this process holds the run folder."""
+    checkpoints = run_dir / "checkpoints"
+    for orphan in remove_orphaned_temporaries(checkpoints):
+        print(
+            f"ebmkit: note: removed {orphan}, left by a run killed while saving", file=sys.stderr
+        )
+    checkpoint = latest_checkpoint(checkpoints)
     if resume and checkpoint is None:
         raise CheckpointError(
-            f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start the run without "
-            f"--resume, or point --out at the run to continue"
+            f"--resume: no checkpoint in {checkpoints}; start the run without --resume, or "
+            f"point --out at the run to continue"
         )
     if not resume and checkpoint is not None:
         raise CheckpointError(
             f"{run_dir} already holds checkpoints ({checkpoint.name}); pass --resume to "
             f"continue that run, or choose another --out"
         )
+    if not resume:
+        _refuse_leftover_logs(run_dir)
     state = load_checkpoint(checkpoint) if resume else None
+    stored = (state or {}).get("run") or {}
+    all_bindings = [*stored.get("bindings", []), *bindings]
+    parse_config(config, all_bindings)
+    if rounds is not None:
+        set_rounds(rounds)
     try:
         seed = gin.query_parameter("experiment.seed")
     except ValueError:
@@ -55,10 +102,12 @@ def run_experiment(
     try:
         experiment = Experiment()
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"in config {config}: {error}") from error
+        raise explain_build_error(error, config, all_bindings) from error
     trainer = experiment.trainer
     _check_trainer(trainer, config)
     operative_config = gin.operative_config_str()
+    if state is not None:
+        _check_resume(state, operative_config, checkpoint, trainer, accept_config_change)
     if experiment.on_divergence == "rollback":
         check_rollback_possible(trainer.sampler, config)
     replayed = None
@@ -72,15 +121,32 @@ def run_experiment(
                 f"checkpoint {checkpoint} does not fit this config ({type(error).__name__}: "
                 f"{error}); resume with the config and bindings the run was started with"
             ) from error
-    run_dir.mkdir(parents=True, exist_ok=True)
+        dropped = cut_metrics_back(run_dir / "metrics.jsonl", state["round"])
+        if dropped:
+            print(
+                f"ebmkit: note: {dropped} metrics.jsonl row(s) after round {state['round']} "
+                f"(logged after its checkpoint) are dropped; those rounds run again",
+                file=sys.stderr,
+            )
     (run_dir / "operative_config.gin").write_text(operative_config)
-    observer = RunObserver(experiment, run_dir, operative_config)
+    interrupt = InterruptRequest()
+    observer = RunObserver(
+        experiment,
+        run_dir,
+        operative_config,
+        run_record={"config": str(config), "bindings": all_bindings},
+        purge_after=None if state is None else int(state["round"]),
+        interrupt=interrupt,
+        resume_command=f"ebmkit run {shlex.quote(str(config))} --out "
+        f"{shlex.quote(str(run_dir))} --resume",
+    )
     if replayed is not None:  # a resumed run that had rolled back: count on from there
         observer.rollbacks, observer.rollback_factor = replayed
     try:
-        if experiment.on_divergence == "rollback" and state is None:
-            observer.checkpoint(trainer)  # round 0: a divergence in the first rounds has a target
-        fit_with_rollbacks(trainer, observer, run_dir / "checkpoints")
+        with interrupt:
+            if experiment.on_divergence == "rollback" and state is None:
+                observer.checkpoint(trainer)  # round 0: early divergences have a target
+            fit_with_rollbacks(trainer, observer, checkpoints)
     finally:
         observer.close()
     return {
@@ -88,6 +154,42 @@ def run_experiment(
         "rounds": trainer.round_index,
         "metrics": {k: v for k, v in observer.final_metrics.items() if not math.isnan(v)},
     }
+
+
+_LOGS = ("metrics.jsonl", "tb", "operative_config.gin")
+
+
+def _refuse_leftover_logs(run_dir: Path) -> None:
+    """A fresh run never appends to another run's logs (one killed before its first save)."""
+    leftovers = [name for name in _LOGS if (run_dir / name).exists()]
+    if leftovers:
+        raise CheckpointError(
+            f"{run_dir} holds {', '.join(leftovers)} of an earlier run but no checkpoint (it "
+            f"stopped before its first one, so it cannot be resumed); remove those files to "
+            f"start afresh there, or choose another --out"
+        )
+
+
+def _check_resume(
+    state: dict[str, Any],
+    operative_config: str,
+    checkpoint: Path,
+    trainer: Any,
+    accept_config_change: bool,
+) -> None:
+    """Refuse a resume whose config changed (unless accepted) or that has no round to run."""
+    changes = config_changes(state.get("operative_config", ""), operative_config)
+    if changes and not accept_config_change:
+        refuse_changes(changes, checkpoint)
+    if changes:
+        listed = "; ".join(str(change) for change in changes)
+        print(f"ebmkit: note: continuing with a changed config ({listed})", file=sys.stderr)
+    if trainer.n_rounds <= state["round"]:
+        raise CheckpointError(
+            f"--resume: the run is already at round {state['round']} ({checkpoint.name}) and "
+            f"the config ends at round {trainer.n_rounds}, so there is nothing to run; pass "
+            f"--rounds N with N > {state['round']} to train further"
+        )
 
 
 _TRAINER_MEMBERS = (

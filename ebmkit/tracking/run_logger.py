@@ -18,11 +18,13 @@ class RunLogger:
 
     Arguments:
         run_dir: the run directory; `tb/` and `metrics.jsonl` are created inside it.
+        purge_step: a resumed run's first round: tensorboard discards the earlier run's
+            events from this step on (they are logged again), so every round shows once.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
         self.run_dir = run_dir
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
         self.metrics_path = run_dir / "metrics.jsonl"
 
     def scalars(self, round_index: int, values: dict[str, float]) -> None:

@@ -13,7 +13,7 @@ from ebmkit.data.loader import ResumableLoader
 from ebmkit.learnables import find_learnables
 from ebmkit.protocols import Initializer, Learnable, RoundObserver, Sampler, Stateful
 from ebmkit.records import InitBatch, Round, SampleResult
-from ebmkit.trainers.guard import check_learnable, check_round
+from ebmkit.trainers.guard import BlowupGuard, check_learnable, check_round
 from ebmkit.validators import one_of
 
 __all__ = ["LEARN_ORDERS", "Contrastive", "RoundWork"]
@@ -79,6 +79,9 @@ class Contrastive:
         alpha: weight of the energy-magnitude regulariser (IGEBM's L2 on energies).
         grad_clip: clip the parameters' gradient norm to this value (None: off).
         max_energy_gap: the divergence guard also stops when |gap| exceeds this.
+        blowup_factor: the guard also stops when |gap| or the parameter-gradient norm
+            exceeds this multiple of its running median (None: off); see `BlowupGuard`.
+        blowup_window: how many recent rounds that running median covers.
         learnables: extra Learnables to update each round (besides those found in the
             sampler and initializer).
         learn_order: "after_energy_step" (default) or "before_energy_step".
@@ -102,6 +105,10 @@ class Contrastive:
     alpha: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
     grad_clip: float | None = None
     max_energy_gap: float | None = None
+    blowup_factor: float | None = attrs.field(
+        default=1e3, validator=attrs.validators.optional(attrs.validators.gt(1.0))
+    )
+    blowup_window: int = attrs.field(default=50, validator=attrs.validators.ge(1))
     learnables: Sequence[Learnable] = ()
     learn_order: str = attrs.field(
         default="after_energy_step", validator=one_of(*LEARN_ORDERS)
@@ -112,6 +119,7 @@ class Contrastive:
     optimizer: torch.optim.Optimizer = attrs.field(init=False)
     loader: ResumableLoader = attrs.field(init=False)
     all_learnables: dict[str, Learnable] = attrs.field(init=False)
+    blowup: BlowupGuard = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.energy.to(self.device)
@@ -122,6 +130,7 @@ class Contrastive:
             weight_decay=self.weight_decay,
         )
         self.loader = ResumableLoader(self.dataset, self.batch_size, seed=self.seed)
+        self.blowup = BlowupGuard(factor=self.blowup_factor, window=self.blowup_window)
         self.all_learnables = find_learnables(self.learnable_roots(), skip=[self.energy])
         for learnable in self.all_learnables.values():
             if isinstance(learnable, nn.Module):
@@ -207,6 +216,8 @@ class Contrastive:
             },
             self.max_energy_gap,
             work.round.energy_gap,
+            grad_norm,
+            self.blowup,
         )
         self.optimizer.step()
         work.loss = None  # the graph is no longer needed
@@ -270,6 +281,7 @@ class Contrastive:
             "loader": self.loader.state_dict(),
             "components": {n: p.state_dict() for n, p in self.stateful_components().items()},
             "learnables": {p: part.state_dict() for p, part in self.all_learnables.items()},
+            "guard": self.blowup.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -295,3 +307,4 @@ class Contrastive:
             part.load_state_dict(state["components"][name])
         for path, learnable in self.all_learnables.items():
             learnable.load_state_dict(saved[path])
+        self.blowup.load_state_dict(state.get("guard", {}))
