@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) .venv and install ebmkit, its test tools and every plugin under plugins/.
 # Idempotent: a second call only checks what is installed. Takes ~2 minutes the first time
-# (torch + torchvision are ~5 GB; see ../shared/DESIGN.md's dependency notes).
+# (torch + torchvision are ~5 GB; see the "Dependencies" section of README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}

@@ -257,7 +257,13 @@ def _check_statistics_target(path: Path) -> None:
 def load_images(folder: str | os.PathLike[str]) -> Tensor:
     """The images in `folder` (sorted by name) as a float tensor (N, 3, H, W) in [−1, 1]."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as error:  # no permission, not a folder
+        raise EbmkitError(
+            f"the images in {folder} cannot be listed ({error.strerror or error}); give a "
+            f"readable folder of images or an .npz of statistics"
+        ) from error
     if not files:
         raise EbmkitError(
             f"no images in {folder} (looked for {', '.join(IMAGE_SUFFIXES)}); write samples "
