@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 out=runs/langevin_eight_gaussians
-if [ -d "$out/checkpoints" ]; then
+if [ -e "$out" ]; then  # an earlier demo's folder: never resume or mix into it
   stamp=$(date +%Y%m%d-%H%M%S)
   out="$out-$stamp"
 fi
