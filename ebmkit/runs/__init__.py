@@ -1,9 +1,11 @@
 r"""Runs: the `experiment` config, training with an observer and rollback, drawing samples.
 
 `experiment.py` holds the gin configurable every config binds, `observer.py` what happens after
-each round (logs, pictures, toy metrics, checkpoints), `rollback.py` what a divergence does
-under `experiment.on_divergence = 'rollback'`, `train.py` a whole run (`ebmkit run`) and
-`draw.py` samples from a finished run (`ebmkit sample`).
+each round (logs, pictures, toy metrics, checkpoints, a stop on a signal), `rollback.py` what a
+divergence does under `experiment.on_divergence = 'rollback'`, `train.py` a whole run
+(`ebmkit run`), `resume.py` the resume checks (the run's own bindings, a changed config,
+logs cut back), `lock.py` one run per folder, `interrupts.py` SIGINT/SIGTERM, `folders.py`
+output folders and their errors, and `draw.py` samples from a finished run (`ebmkit sample`).
 """
 
 from ebmkit.runs.draw import (
