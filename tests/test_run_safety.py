@@ -266,9 +266,10 @@ def test_a_huge_step_size_on_the_toy_config_stops_within_20_rounds_naming_the_qu
     toy = Path(__file__).resolve().parents[1] / "gin" / "langevin_eight_gaussians.gin"
     run = tmp_path / "run"
     argv = ["run", str(toy), "--out", str(run), "--rounds", "200"]
-    status, out, err = run_cli([*argv, "--bind", "samplers.Langevin.step_size = 1e6"])
-    assert (status, out) == (1, "")
-    message = err[err.index("ebmkit: error: ") :]
+    done = run_console_script([*argv, "--bind", "samplers.Langevin.step_size = 1e6"])
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.count("ebmkit: error:") == 1 and "Traceback" not in done.stderr
+    message = done.stderr[done.stderr.index("ebmkit: error: ") :]
     round_index = int(message.split("round ")[1].split(":")[0])
     assert round_index <= 20, message
     assert "running scale" in message and (
