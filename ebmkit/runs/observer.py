@@ -127,6 +127,9 @@ class RunObserver:
         self.logger.close()
 
     def checkpoint(self, trainer: Any) -> Path:
+        """Save the trainer's state; the logs up to this round are flushed to disk first, so
+        a kill later loses no round the checkpoint covers (a resume logs the rest again)."""
+        self.logger.flush()
         state = trainer.state_dict()
         state["rng"] = get_rng_state()
         state["operative_config"] = self.operative_config

@@ -45,6 +45,10 @@ class RunLogger:
     def text(self, tag: str, text: str, step: int | None = None) -> None:
         self.writer.add_text(tag, text, global_step=step)
 
+    def flush(self) -> None:
+        """Write tensorboard's buffered events to disk (metrics.jsonl is written as it goes)."""
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
