@@ -16,7 +16,8 @@ length min(‖∇E‖, 0.05)).
     STANLEY        x − ½Γ∇E + Γ^½ξ, Γ = ε·min(1, th/‖∇E‖) per sample          100 steps
     STANLEY + MH   the same, MH-corrected                                     99 steps
 
-(an MH chain spends one gradient at its start, so 99 MH steps cost 100 gradients).
+(a chain spends one gradient at its start; the unadjusted kernels skip the gradient after
+their last move, while every MH proposal needs its own, so 99 MH steps cost 100 gradients).
 
 ``code`` — the authors' toy setup at their temperature: gin/langevin_rings_code.gin and
 gin/stanley_rings_code.gin (ToyNet read at T = ε²/2 = 0.005, so E = f/T; eps 0.1 for both;
