@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
         self.run_dir = run_dir
+        if purge_step is not None:
+            _wait_past_existing_event_files(run_dir / "tb")
         self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
         self.metrics_path = run_dir / "metrics.jsonl"
 
@@ -57,3 +60,20 @@ class RunLogger:
 def _json_number(value: float) -> float | str:
     """JSON has no NaN/inf: write them as strings so the file stays valid JSON."""
     return value if math.isfinite(value) else str(value)
+
+
+def _wait_past_existing_event_files(log_dir: Path) -> None:
+    """Start a resumed run's event file in a later second than every earlier one.
+
+    Tensorboard reads a folder's event files in name order, and the name starts with the
+    creation second: a file made in the same second as the killed run's could sort first,
+    and its purge marker would then discard the earlier rounds instead of the repeated ones.
+    """
+    stamps = []
+    for path in log_dir.glob("events.out.tfevents.*"):
+        parts = path.name.split(".")
+        if len(parts) > 3 and parts[3].isdigit():
+            stamps.append(int(parts[3]))
+    if stamps:
+        while int(time.time()) <= max(stamps):
+            time.sleep(0.05)
