@@ -289,3 +289,18 @@ def test_the_blowup_guard_can_be_switched_off(tmp_path: Path) -> None:
     argv = ["run", str(path), "--out", str(run), "--bind", "samplers.Langevin.step_size = 1e6"]
     status, _, err = run_cli([*argv, "--bind", "trainers.Contrastive.blowup_factor = None"])
     assert status == 0, err
+
+
+def test_a_resumed_event_file_sorts_after_the_earlier_ones(tmp_path: Path) -> None:
+    """Tensorboard reads event files in name order (creation second first): a resumed run's
+    file made in the killed run's second could sort first and purge the earlier rounds."""
+    from ebmkit.tracking.run_logger import RunLogger
+
+    (tmp_path / "tb").mkdir()
+    now = int(time.time())
+    (tmp_path / "tb" / f"events.out.tfevents.{now:010d}.host.999999.0").write_bytes(b"")
+    logger = RunLogger(tmp_path, purge_step=3)
+    logger.close()
+    names = sorted(path.name for path in (tmp_path / "tb").iterdir())
+    assert names[0].startswith(f"events.out.tfevents.{now:010d}.host")
+    assert int(names[1].split(".")[3]) > now
