@@ -18,32 +18,21 @@ with the exact 0.25, over several seeds (mean ± sd).
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 
 import torch
 from machine_info import cpu_name, load_average
-from torch import Tensor
 
-from ebmkit import Round
 from ebmkit.initializers.noise import Noise
 from ebmkit.initializers.persistent import Persistent
 from ebmkit.samplers.mala import MALA
+from ebmkit.testing import MixtureTarget, finished_round
 
 LEFT_WEIGHT, MODE, SCALE = 0.25, 1.5, 0.5
-
-
-def mixture_energy(x: Tensor) -> Tensor:
-    """−log of 0.25·N(−m, s²) + 0.75·N(m, s²) up to a constant, for x of shape (B, 1)."""
-    x = x[:, 0]
-    terms = torch.stack(
-        [
-            math.log(LEFT_WEIGHT) - 0.5 * ((x + MODE) / SCALE) ** 2,
-            math.log(1 - LEFT_WEIGHT) - 0.5 * ((x - MODE) / SCALE) ** 2,
-        ]
-    )
-    return -torch.logsumexp(terms, 0)
+MIXTURE = MixtureTarget(
+    weights=(LEFT_WEIGHT, 1 - LEFT_WEIGHT), means=(-MODE, MODE), stds=(SCALE, SCALE)
+)
 
 
 def left_weight_after(initializer, rounds: int, steps: int, chains: int) -> float:
@@ -51,18 +40,8 @@ def left_weight_after(initializer, rounds: int, steps: int, chains: int) -> floa
     sampler = MALA(step_size=0.2)
     for index in range(1, rounds + 1):
         init = initializer.sample(chains)
-        result = sampler.sample(mixture_energy, init, steps)
-        empty = torch.zeros(0)
-        initializer.update(
-            Round(
-                index=index,
-                x_data=empty,
-                init=init,
-                result=result,
-                energy_data=empty,
-                energy_model=empty,
-            )
-        )
+        result = sampler.sample(MIXTURE.energy, init, steps)
+        initializer.update(finished_round(index, init, result))
     return float((result.x[:, 0] < 0).float().mean())
 
 

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from ebmkit.cli import main
-from ebmkit.records import InitBatch, Round, SampleResult
 from ebmkit.registry import AUTOLOAD_ENV, reset_registry
 
 TOY_GIN = Path(__file__).resolve().parents[1] / "gin" / "base" / "toy.gin"
@@ -125,14 +124,6 @@ def plugin_listing(output: str) -> tuple[dict[str, str], dict[str, dict[str, str
             sections[section][match.group(1)] = match.group(2)
     sections.pop("plugins", None)
     return plugins, sections
-
-
-def finished_round(index: int, init: InitBatch, result: SampleResult) -> Round:
-    """The Round an initializer's `update` reads: `init` and `result` (no data, no energies)."""
-    empty = torch.zeros(0)
-    return Round(
-        index=index, x_data=empty, init=init, result=result, energy_data=empty, energy_model=empty
-    )
 
 
 def file_hashes(folder: Path) -> dict[str, str]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import scipy.io
 import torch
 from PIL import Image
 
@@ -17,36 +15,9 @@ from ebmkit.data.images import DATA_ROOT_ENV, ImageDataset
 from ebmkit.data.loader import ResumableLoader
 from ebmkit.errors import DatasetNotFoundError
 from ebmkit.registry import create, reset_registry
+from ebmkit.testing import FLOWERS_COLOURS, write_flowers102
 
 GIN = Path(__file__).resolve().parents[1] / "gin"
-# Solid colours survive JPEG almost exactly (±2 levels), so pixel values can be checked.
-COLOURS = [(200, 30, 60), (20, 180, 90), (90, 90, 250), (250, 250, 10)]
-
-
-def write_flowers102(root: Path, n_train: int = 4, n_val: int = 2, n_test: int = 2) -> Path:
-    """A Flowers102 folder in torchvision's own format: flowers-102/jpg/image_NNNNN.jpg,
-    imagelabels.mat (key "labels", 1-based classes per image id) and setid.mat (keys trnid,
-    valid, tstid: 1-based image ids), as torchvision's Flowers102 reads them with loadmat.
-    """
-    base = root / "flowers-102"
-    (base / "jpg").mkdir(parents=True)
-    n = n_train + n_val + n_test
-    for image_id in range(1, n + 1):
-        colour = COLOURS[(image_id - 1) % len(COLOURS)]
-        image = Image.new("RGB", (48 + image_id, 40), colour)  # not square, not 32
-        image.save(base / "jpg" / f"image_{image_id:05d}.jpg", quality=95)
-    labels = np.array([[1 + (i % 5) for i in range(n)]], dtype=np.uint8)
-    scipy.io.savemat(base / "imagelabels.mat", {"labels": labels})
-    ids = np.arange(1, n + 1, dtype=np.uint16)
-    scipy.io.savemat(
-        base / "setid.mat",
-        {
-            "trnid": ids[:n_train][None],
-            "valid": ids[n_train : n_train + n_val][None],
-            "tstid": ids[n_train + n_val :][None],
-        },
-    )
-    return root
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +39,7 @@ def test_flowers102_through_the_registry_has_shape_range_and_labels(flowers):
         assert x.shape == (3, 32, 32) and x.dtype == torch.float32
         assert x.min() >= -1 and x.max() <= 1
         assert label == index % 5  # imagelabels are 1-based; torchvision makes them 0-based
-        expected = torch.tensor(COLOURS[index]).float().div(255).mul(2).sub(1)
+        expected = torch.tensor(FLOWERS_COLOURS[index]).float().div(255).mul(2).sub(1)
         torch.testing.assert_close(x.mean(dim=(1, 2)), expected, atol=3 * 2 / 255, rtol=0)
 
 

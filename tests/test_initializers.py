@@ -10,12 +10,12 @@ import math
 
 import pytest
 import torch
-from helpers import finished_round
 
 from ebmkit.initializers.data import Data
 from ebmkit.initializers.noise import Noise
 from ebmkit.initializers.replay import Replay
 from ebmkit.records import ChainState, InitBatch, Round, SampleResult
+from ebmkit.testing import finished_round
 
 Z = 5.0
 

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from helpers import finished_round
 
 from ebmkit import ChainState, InitBatch, energy_and_grad
 from ebmkit.energies.mlp import MLPEnergy
@@ -14,6 +13,7 @@ from ebmkit.initializers.replay import Replay
 from ebmkit.samplers.composite import Composite
 from ebmkit.samplers.langevin import Langevin
 from ebmkit.samplers.mala import MALA
+from ebmkit.testing import MixtureTarget, finished_round
 
 
 def small_energy(seed: int = 0) -> MLPEnergy:
@@ -231,16 +231,7 @@ def test_composite_keeps_each_stages_own_state_apart_and_reports_both_stages():
     assert math.isclose(kernel.current_step_size(), 0.05)
 
 
-def _mixture_energy(x: torch.Tensor) -> torch.Tensor:
-    """0.25·N(−1.5, 0.5²) + 0.75·N(1.5, 0.5²), as an energy on (B, 1)."""
-    x = x[:, 0]
-    terms = torch.stack(
-        [
-            math.log(0.25) - 0.5 * ((x + 1.5) / 0.5) ** 2,
-            math.log(0.75) - 0.5 * ((x - 1.5) / 0.5) ** 2,
-        ]
-    )
-    return -torch.logsumexp(terms, 0)
+MIXTURE = MixtureTarget(weights=(0.25, 0.75), means=(-1.5, 1.5), stds=(0.5, 0.5))
 
 
 @pytest.mark.slow
@@ -256,7 +247,7 @@ def test_persistent_chains_reach_the_mixture_weight_that_fresh_chains_with_the_s
         sampler = MALA(step_size=0.2)
         for index in range(1, 121):
             init = initializer.sample(2048)
-            result = sampler.sample(_mixture_energy, init, 20)
+            result = sampler.sample(MIXTURE.energy, init, 20)
             initializer.update(finished_round(index, init, result))
         weights[name] = float((result.x[:, 0] < 0).float().mean())
     assert abs(weights["persistent"] - 0.25) < 0.03, weights

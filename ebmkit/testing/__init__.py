@@ -59,6 +59,7 @@ from ebmkit.testing.contract import (
     check_reproducible,
     state_differences,
 )
+from ebmkit.testing.fixtures import FLOWERS_COLOURS, finished_round, write_flowers102
 from ebmkit.testing.statistics import (
     Z_MAX,
     MixtureReport,
@@ -82,6 +83,7 @@ from ebmkit.testing.targets import (
 __all__ = [
     "CASES_METHOD",
     "FAR_START",
+    "FLOWERS_COLOURS",
     "FOREIGN_OWNED",
     "STANDARD_GAUSSIAN",
     "STANDARD_MIXTURE",
@@ -101,9 +103,11 @@ __all__ = [
     "check_mixture",
     "check_moment_power",
     "check_reproducible",
+    "finished_round",
     "gaussian_moment_report",
     "langevin_moments",
     "registered_sampler_cases",
     "state_differences",
     "ula_stationary_covariance",
+    "write_flowers102",
 ]

@@ -12,6 +12,7 @@ from ebmkit.initializers.persistent import Persistent
 from ebmkit.protocols import Energy, Sampler
 from ebmkit.records import ChainState, InitBatch, Round, SampleResult
 from ebmkit.testing.cases import SamplerCase, as_case
+from ebmkit.testing.fixtures import finished_round
 from ebmkit.testing.targets import F64, STANDARD_GAUSSIAN
 
 __all__ = [
@@ -138,18 +139,6 @@ class _FixedStart:
         return None
 
 
-def _round(index: int, batch: InitBatch, result: SampleResult) -> Round:
-    zeros = torch.zeros(batch.x.shape[0], dtype=batch.x.dtype)
-    return Round(
-        index=index,
-        x_data=batch.x,
-        init=batch,
-        result=result,
-        energy_data=zeros,
-        energy_model=zeros,
-    )
-
-
 def _reloaded(bank: Persistent, start: _FixedStart) -> Persistent:
     """A fresh bank loaded from `bank`'s checkpoint, written and read as `torch.save` bytes."""
     buffer = io.BytesIO()
@@ -193,7 +182,7 @@ def check_continuation(
     generator = torch.Generator().manual_seed(seed)
     batch = bank.sample(n_chains)
     first = sampler.sample(energy, batch, n_steps, generator=generator)
-    bank.update(_round(1, batch, first))
+    bank.update(finished_round(1, batch, first))
     bank = _reloaded(bank, start)
     batch = bank.sample(n_chains)
     second = sampler.sample(energy, batch, n_steps, generator=generator)

@@ -14,23 +14,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-import ebmkit
-import gin
-from ebmkit.config import parse_config
+from ebmkit.config import build_configured
 from ebmkit.data.images import DATA_ROOT_ENV
 from ebmkit.energies.shortrun import ShortRunConvNet
 from ebmkit.registry import AUTOLOAD_ENV
+from ebmkit.testing import write_flowers102
 from ebmkit_stanley import Stanley, gradient_magnitude
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -41,24 +38,9 @@ EPSILON, TH = 9.0, 1e-4  # the derived step: ε·th = 2·r_rms of a fresh networ
 needs_repository = pytest.mark.skipif(not GIN.is_dir(), reason="needs the repository's gin/")
 
 
-def flowers_writer() -> Callable[..., Path]:
-    """`write_flowers102` of tests/test_image_data.py (torchvision's Flowers102 layout)."""
-    spec = importlib.util.spec_from_file_location(
-        "_ebmkit_image_data_tests", ROOT / "tests" / "test_image_data.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_flowers102
-
-
 def config_sampler(path: Path) -> Stanley:
     """The `samplers.Stanley` that the config at `path` builds."""
-    ebmkit.get_registry()
-    try:
-        parse_config(path)
-        sampler = gin.get_configurable("samplers.Stanley")()
-    finally:
-        gin.clear_config()
+    sampler = build_configured(path, "samplers.Stanley")
     assert isinstance(sampler, Stanley)
     return sampler
 
@@ -160,7 +142,7 @@ def run_config(config: Path, data: Path, out: Path) -> subprocess.CompletedProce
 def test_flowers_config_runs_by_one_command(
     config: Path, expected: list[str], tmp_path: Path
 ) -> None:
-    data = flowers_writer()(tmp_path / "data")
+    data = write_flowers102(tmp_path / "data")
     out = tmp_path / "run"
     done = run_config(config, data, out)
     assert done.returncode == 0, done.stderr[-3000:]
