@@ -2,7 +2,7 @@ r"""Find every Learnable among a trainer's components, by path, each object once
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ebmkit.errors import ConfigError
 from ebmkit.protocols import Learnable
 
-__all__ = ["find_learnables", "is_learnable_candidate"]
+__all__ = ["component_roots", "find_learnables", "is_learnable_candidate"]
 
 _LEAVES = (Tensor, str, bytes, int, float, complex, bool, type(None), type)
 
@@ -34,6 +34,17 @@ def _children(value: Any) -> Iterator[tuple[str, Any]]:
     elif isinstance(value, list | tuple):
         for number, item in enumerate(value):
             yield str(number), item
+
+
+def component_roots(
+    initializer: Any, sampler: Any, learnables: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """A trainer's roots for `find_learnables`, in path order (a shared one's first path wins).
+
+    The contrastive trainer and `ebmkit sample` both use it, so a Learnable has the same
+    checkpoint path in both.
+    """
+    return {"initializer": initializer, "sampler": sampler, "learnables": list(learnables)}
 
 
 def find_learnables(roots: Mapping[str, Any], skip: Iterable[Any] = ()) -> dict[str, Learnable]:

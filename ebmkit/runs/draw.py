@@ -18,7 +18,7 @@ import gin
 from ebmkit.checkpoint.files import latest_checkpoint, load_checkpoint
 from ebmkit.checkpoint.rng import seed_everything
 from ebmkit.errors import CheckpointError, ConfigError, EbmkitError, OutputPathError
-from ebmkit.learnables import find_learnables
+from ebmkit.learnables import component_roots, find_learnables
 from ebmkit.protocols import Stateful
 from ebmkit.registry import get_registry
 from ebmkit.runs.folders import explain_os_error, prepare_output_folder
@@ -144,8 +144,7 @@ def build_parts(state: dict[str, Any], origin: str, device: str | None = None) -
     if references:
         energy, sampler, initializer = (_evaluate(reference) for reference in references)
         # The trainer's own roots, less its explicit `learnables` (not needed to draw).
-        roots = {"initializer": initializer, "sampler": sampler}
-        learnables = find_learnables(roots, skip=[energy])
+        learnables = find_learnables(component_roots(initializer, sampler), skip=[energy])
     else:
         trainer = _evaluate(trainer_reference)
         energy, sampler, initializer = (getattr(trainer, n) for n in _COMPONENTS)

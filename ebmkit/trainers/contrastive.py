@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ebmkit.data.loader import ResumableLoader
-from ebmkit.learnables import find_learnables
+from ebmkit.learnables import component_roots, find_learnables
 from ebmkit.protocols import Initializer, Learnable, RoundObserver, Sampler, Stateful
 from ebmkit.records import InitBatch, Round, SampleResult
 from ebmkit.trainers.guard import BlowupGuard, check_learnable, check_round
@@ -110,9 +110,7 @@ class Contrastive:
     )
     blowup_window: int = attrs.field(default=50, validator=attrs.validators.ge(1))
     learnables: Sequence[Learnable] = ()
-    learn_order: str = attrs.field(
-        default="after_energy_step", validator=one_of(*LEARN_ORDERS)
-    )
+    learn_order: str = attrs.field(default="after_energy_step", validator=one_of(*LEARN_ORDERS))
     seed: int = 0
     device: str = "cpu"
     round_index: int = attrs.field(default=0, init=False)
@@ -138,11 +136,7 @@ class Contrastive:
 
     def learnable_roots(self) -> dict[str, Any]:
         """Where Learnables are looked for, in path order (the first path of a shared one wins)."""
-        return {
-            "initializer": self.initializer,
-            "sampler": self.sampler,
-            "learnables": list(self.learnables),
-        }
+        return component_roots(self.initializer, self.sampler, self.learnables)
 
     # The phases -------------------------------------------------------------------------
 
