@@ -40,8 +40,7 @@ import torch
 from torch import Tensor
 
 import ebmkit
-import gin
-from ebmkit.config import parse_config
+from ebmkit.config import build_configured
 from ebmkit.energies.shortrun import ShortRunConvNet
 from ebmkit_stanley import Stanley, gradient_magnitude
 
@@ -53,12 +52,7 @@ LAST = ebmkit.StepContext(last=True)  # a lone step that skips the gradient at x
 
 def config_sampler(path: Path) -> Stanley:
     """The `samplers.Stanley` that `path` binds (the sampler `ebmkit run path` uses)."""
-    ebmkit.get_registry()
-    try:
-        parse_config(path)
-        sampler = gin.get_configurable("samplers.Stanley")()
-    finally:
-        gin.clear_config()
+    sampler = build_configured(path, "samplers.Stanley")
     assert isinstance(sampler, Stanley)
     return sampler
 
