@@ -25,6 +25,8 @@ from helpers import (
 )
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ebmkit.checkpoint.files import checkpoint_round, latest_checkpoint
+
 pytestmark = pytest.mark.usefixtures("builtin_registry")
 
 BASE = [
@@ -227,7 +229,7 @@ def test_after_kill_9_the_resumed_run_logs_every_round_exactly_once(tmp_path: Pa
     wait_for_rounds(run, 8, process)
     process.kill()
     process.communicate()
-    saved = int(sorted((run / "checkpoints").glob("round-*.pt"))[-1].stem.split("-")[1])
+    saved = checkpoint_round(latest_checkpoint(run / "checkpoints"))
     logged = logged_rounds(run)
     assert logged[-1] >= saved  # usually rounds were logged after the last checkpoint
     kept_rows = "".join(

@@ -14,6 +14,7 @@ import torch
 from ebmkit.errors import CheckpointError
 
 __all__ = [
+    "checkpoint_round",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
@@ -23,6 +24,14 @@ __all__ = [
 
 _NAME = re.compile(r"^round-(\d+)\.pt$")
 _TEMPORARY = re.compile(r"^\.tmp-(?:(\d+)-)?[\w-]*\.pt$")  # .tmp-<pid>-<token>.pt (older: no pid)
+
+
+def checkpoint_round(path: Path) -> int:
+    """The round a checkpoint file `round-<N>.pt` holds, read from its name."""
+    match = _NAME.match(path.name)
+    if match is None:
+        raise ValueError(f"{path} is not named like a checkpoint (round-<N>.pt)")
+    return int(match.group(1))
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

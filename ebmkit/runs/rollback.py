@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ebmkit.checkpoint.files import latest_checkpoint, load_checkpoint
+from ebmkit.checkpoint.files import checkpoint_round, latest_checkpoint, load_checkpoint
 from ebmkit.checkpoint.rng import set_rng_state
 from ebmkit.errors import ConfigError, DivergenceError
 from ebmkit.protocols import StepScalable
@@ -108,7 +108,7 @@ def checkpoint_note(newest: Path | None) -> str:
     """What a stopped run keeps, truthfully: the newest checkpoint's round, or none."""
     if newest is None:
         return " (no checkpoint was written before this round)"
-    round_index = int(newest.stem.split("-")[-1])
+    round_index = checkpoint_round(newest)
     return (
         f" (the checkpoint of round {round_index} is kept, {newest.name}; --resume continues "
         f"from it)"
