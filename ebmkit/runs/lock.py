@@ -2,11 +2,11 @@ r"""One run per folder: a lock file naming its holder, taken atomically, stale o
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -23,22 +23,14 @@ class RunLockedError(EbmkitError):
     """Another live `ebmkit run` holds the run folder."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 class RunLock:
     """Holds `<run_dir>/.ebmkit.lock` (PID, host, start time) while a run writes the folder.
 
-    The file is written whole to a temporary name and hard-linked into place, which fails
-    if a lock exists: two runs can never both hold it. A lock whose process is gone (same
-    host, dead PID) or that cannot be read is stale: it is taken over, with a note on stderr.
+    The file carries an exclusive `flock`, which the kernel drops when its holder dies, so a
+    lock left by a killed run is never mistaken for a live one and two runs that both find a
+    stale lock cannot both take it over: only one gets the `flock`. The PID, host and start
+    time inside are for messages. A lock written on another host is refused (its holder
+    cannot be checked from here).
 
     Example:
         >>> import tempfile
@@ -54,47 +46,76 @@ class RunLock:
             "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        self.held = False
+        self._handle: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None
 
     def acquire(self) -> None:
         """Take the lock, or raise RunLockedError naming the live holder."""
-        for _ in range(3):
-            if self._try_link():
-                self.held = True
-                return
-            holder = self._holder()
-            if holder is not None and not self._stale(holder):
-                raise RunLockedError(
-                    f"{self.path.parent} is in use by another ebmkit run (pid {holder['pid']} "
-                    f"on {holder['host']}, started {holder['started']}); wait for it to end, "
-                    f"or choose another --out"
-                )
-            described = (
-                "an unreadable lock"
-                if holder is None
-                else f"the lock of pid {holder['pid']} (no longer running)"
-            )
-            print(f"ebmkit: note: taking over {described} in {self.path.parent}", file=sys.stderr)
-            self.path.unlink(missing_ok=True)
-        raise RunLockedError(f"could not take the lock {self.path}: it keeps reappearing")
+        for _ in range(5):
+            handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(handle)
+                raise RunLockedError(self._busy(self._holder())) from None
+            if not self._names(handle):  # released and removed between open and flock
+                os.close(handle)
+                continue
+            self._take_over(handle)
+            return
+        raise RunLockedError(f"could not take the lock {self.path}: it keeps being replaced")
 
     def release(self) -> None:
-        """Remove the lock if this process still holds it."""
-        if self.held and (self._holder() or {}).get("pid") == self.record["pid"]:
+        """Remove the lock file and drop the flock, if this process holds them."""
+        if self._handle is None:
+            return
+        if self._names(self._handle):
             self.path.unlink(missing_ok=True)
-        self.held = False
+        os.close(self._handle)  # drops the flock; a waiter then sees the file is gone
+        self._handle = None
 
-    def _try_link(self) -> bool:
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".lock-")
+    def _take_over(self, handle: int) -> None:
+        """Write this run's record into the flocked file, noting a previous holder."""
+        earlier = self._holder()
+        if earlier is not None and earlier["host"] != self.record["host"]:
+            os.close(handle)
+            raise RunLockedError(
+                self._busy(earlier)
+                + f"; if that run has ended, delete {self.path} and start again"
+            )
+        if os.fstat(handle).st_size > 0:
+            described = (
+                "an unreadable lock"
+                if earlier is None
+                else f"the lock of pid {earlier['pid']} (no longer running)"
+            )
+            print(f"ebmkit: note: taking over {described} in {self.path.parent}", file=sys.stderr)
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, json.dumps(self.record).encode(), 0)
+        self._handle = handle
+
+    def _names(self, handle: int) -> bool:
+        """Whether `self.path` is still the file open as `handle`."""
         try:
-            with os.fdopen(handle, "w") as stream:
-                json.dump(self.record, stream)
-            os.link(temporary, self.path)
-            return True
-        except FileExistsError:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
             return False
-        finally:
-            os.unlink(temporary)
+        opened = os.fstat(handle)
+        return (on_disk.st_dev, on_disk.st_ino) == (opened.st_dev, opened.st_ino)
+
+    def _busy(self, holder: dict[str, Any] | None) -> str:
+        who = (
+            "its lock is still being written"
+            if holder is None
+            else f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
+        )
+        return (
+            f"{self.path.parent} is in use by another ebmkit run ({who}); wait for it to "
+            f"end, or choose another --out"
+        )
 
     def _holder(self) -> dict[str, Any] | None:
         try:
@@ -104,9 +125,6 @@ class RunLock:
         if not isinstance(holder, dict) or not {"pid", "host", "started"} <= set(holder):
             return None
         return holder
-
-    def _stale(self, holder: dict[str, Any]) -> bool:
-        return holder["host"] == self.record["host"] and not _alive(int(holder["pid"]))
 
     def __enter__(self) -> RunLock:
         self.acquire()
