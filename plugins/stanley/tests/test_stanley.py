@@ -616,3 +616,11 @@ def test_gamma_follows_the_settings_between_manual_steps(change: dict) -> None:
     assert torch.equal(info_old.acceptance_prob, info_fresh.acceptance_prob)
     assert torch.equal(stepped_old.x, stepped_fresh.x)
     assert torch.equal(stepped_old.extras["gamma"], stepped_fresh.extras["gamma"])
+
+
+def test_an_unknown_reduce_is_refused_listing_the_choices() -> None:
+    with pytest.raises(ValueError) as refused:
+        Stanley(reduce="pixel")
+    assert str(refused.value) == (
+        "reduce must be one of ('elementwise', 'channel', 'sample'), got 'pixel'"
+    )

@@ -25,6 +25,7 @@ from ebmkit import (
     metropolis_accept,
     select_chains,
 )
+from ebmkit.validators import one_of
 
 if TYPE_CHECKING:
     from ebmkit.testing import SamplerCase
@@ -164,7 +165,7 @@ class Stanley(MarkovKernel):
 
     step_size: float = attrs.field(default=1.0, converter=float, validator=_FINITE_POSITIVE)
     th: float = attrs.field(default=1e-3, converter=float, validator=_FINITE_POSITIVE)
-    reduce: str = attrs.field(default="elementwise", validator=attrs.validators.in_(REDUCTIONS))
+    reduce: str = attrs.field(default="elementwise", validator=one_of(*REDUCTIONS))
     metropolis: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     legacy_code: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     noise_scale: float | None = attrs.field(
