@@ -15,6 +15,8 @@ length min(‖∇E‖, 0.05)).
     MALA           the same proposal, MH-corrected                            99 steps
     STANLEY        x − ½Γ∇E + Γ^½ξ, Γ = ε·min(1, th/‖∇E‖) per sample          100 steps
     STANLEY + MH   the same, MH-corrected                                     99 steps
+    STANLEY elementwise (+ MH)   Γᵢ = ε·min(1, th/|∂ᵢE|) per coordinate (the paper's
+                   eq. 6 as written), otherwise the same                      100 (99) steps
 
 (a chain spends one gradient at its start; the unadjusted kernels skip the gradient after
 their last move, while every MH proposal needs its own, so 99 MH steps cost 100 gradients).
@@ -37,6 +39,11 @@ own sampler, initializer and steps):
 
     .venv/bin/python benchmarks/stanley_rings_comparison.py {exact,code} [--seeds 0 1 2 3 4]
         [--rounds N] [--samples 5000] [--threads 1] [--jobs 2] [--out DIR] [--quick]
+        [--rows NAME ...] [--from-log LOG ...]
+
+--rows trains only the named rows (e.g. new ones); --from-log prints the tables from the
+per-run lines of earlier logs, so rows run separately on the same seeds are tabulated and
+paired together.
 
 --jobs runs that many trainings at once, each in its own process (`--threads` torch threads
 each). Without --out the runs go to a temporary folder deleted afterwards. --quick (a smoke
@@ -97,6 +104,21 @@ EXACT: list[Row] = [
         "STANLEY + MH",
         GIN / "stanley_rings.gin",
         ("samplers.Stanley.metropolis = True", "trainers.Contrastive.n_steps = 99"),
+    ),
+    # The paper's eq. 6 reads Γ per coordinate: the same settings with reduce "elementwise".
+    (
+        "STANLEY elementwise",
+        GIN / "stanley_rings.gin",
+        ('samplers.Stanley.reduce = "elementwise"',),
+    ),
+    (
+        "STANLEY elementwise + MH",
+        GIN / "stanley_rings.gin",
+        (
+            'samplers.Stanley.reduce = "elementwise"',
+            "samplers.Stanley.metropolis = True",
+            "trainers.Contrastive.n_steps = 99",
+        ),
     ),
 ]
 CODE: list[Row] = [
@@ -225,14 +247,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="trainings run at once")
     parser.add_argument("--out", type=Path, help="folder for the runs (default: temporary)")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny settings")
+    parser.add_argument("--rows", nargs="+", metavar="NAME", help="train only these rows")
     parser.add_argument(
-        "--from-log", type=Path, help="print the tables from an earlier run's per-run lines"
+        "--from-log",
+        type=Path,
+        nargs="+",
+        help="print the tables from earlier runs' per-run lines (several logs are merged)",
     )
     options = parser.parse_args(argv)
-    rows = COMPARISONS[options.comparison]
+    rows = _chosen_rows(options.comparison, options.rows)
     if options.from_log is not None:
-        results = _read_log(options.from_log)
-        print(_tables(options.comparison, [name for name, _, _ in rows], results))
+        results = _merged([result for log in options.from_log for result in _read_log(log)])
+        present = [name for name, _, _ in rows if any(r["name"] == name for r in results)]
+        print(_tables(options.comparison, present, results))
         return
     reference_steps = REFERENCE_STEPS
     if options.quick:
@@ -270,6 +297,18 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + _tables(options.comparison, [name for name, _, _ in rows], results))
 
 
+def _chosen_rows(comparison: str, names: list[str] | None) -> list[Row]:
+    """The comparison's rows, or those named (in the comparison's order)."""
+    rows = COMPARISONS[comparison]
+    if names is None:
+        return rows
+    known = [name for name, _, _ in rows]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SystemExit(f"no row {unknown} in {comparison!r}; its rows are {known}")
+    return [row for row in rows if row[0] in names]
+
+
 def _per_run(result: dict[str, Any]) -> str:
     keys = [*COLUMNS, "reference_acceptance", "rounds"]
     return ", ".join(f"{key} {result[key]:.6g}" for key in keys if key in result)
@@ -287,6 +326,17 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
     if not results:
         raise SystemExit(f"no per-run lines ('seed S NAME: grad_evals ...') in {path}")
     return results
+
+
+def _merged(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One result per (seed, row): a run found in two logs must have the same scores."""
+    kept: dict[tuple[int, str], dict[str, Any]] = {}
+    for result in results:
+        key = (result["seed"], result["name"])
+        if key in kept and any(kept[key].get(k) != result.get(k) for k in SCORES):
+            raise SystemExit(f"seed {key[0]} {key[1]!r} is in two logs with different scores")
+        kept.setdefault(key, result)
+    return list(kept.values())
 
 
 def _tables(comparison: str, names: list[str], results: list[dict[str, Any]]) -> str:

@@ -134,7 +134,17 @@ def test_the_stanley_config_binds_the_translated_settings() -> None:
 @pytest.mark.parametrize(
     ("comparison", "rows"),
     [
-        ("exact", ["ULA", "MALA", "STANLEY", "STANLEY + MH"]),
+        (
+            "exact",
+            [
+                "ULA",
+                "MALA",
+                "STANLEY",
+                "STANLEY + MH",
+                "STANLEY elementwise",
+                "STANLEY elementwise + MH",
+            ],
+        ),
         ("code", ["Langevin (their update)", "STANLEY (noise ε·sqrt(γ))"]),
     ],
 )
@@ -156,3 +166,37 @@ def test_the_rings_comparison_quick_mode_prints_its_table(
         assert all(math.isfinite(float(cell)) for cell in cells[2:7]), line
     paired = [line for line in tables[1].splitlines() if line.startswith("| ")]
     assert [line.split(" | ")[0][2:] for line in paired] == [f"{r} − {rows[0]}" for r in rows[1:]]
+
+
+@needs_repository
+def test_rows_run_apart_are_tabulated_and_paired_together_from_their_logs(
+    tmp_path: Path,
+) -> None:
+    script = ROOT / "benchmarks" / "stanley_rings_comparison.py"
+
+    def line(seed: int, name: str, kl: float) -> str:
+        scores = "mmd 0.1, sliced_wasserstein 0.1, mmd_model 0.1, sliced_wasserstein_model 0.1"
+        return f"seed {seed} {name}: grad_evals 100, grid_kl {kl}, {scores}, rounds 600"
+
+    first = tmp_path / "first.log"
+    first.write_text("\n".join(line(seed, "ULA", 0.4 + seed / 10) for seed in (0, 1)) + "\n")
+    later = tmp_path / "later.log"  # rows run later, with the first row run again
+    later.write_text(
+        "\n".join(line(s, "STANLEY elementwise", 0.3 + s / 5) for s in (0, 1))
+        + f"\n{line(0, 'ULA', 0.4)}\n"
+    )
+    command = [sys.executable, str(script), "exact", "--from-log", str(first), str(later)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    assert "| ULA | 100 | 0.45 ± 0.071 |" in done.stdout
+    assert "| STANLEY elementwise | 100 | 0.4 ± 0.14 |" in done.stdout
+    # paired by seed: 0.3 − 0.4 and 0.5 − 0.5
+    assert "| STANLEY elementwise − ULA | -0.05 ± 0.071 (1/2) |" in done.stdout
+    later.write_text(line(0, "ULA", 0.41))  # the same run cannot score differently
+    command = [sys.executable, str(script), "exact", "--from-log", str(first), str(later)]
+    differ = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert differ.returncode != 0
+    assert "seed 0 'ULA' is in two logs with different scores" in differ.stderr
+    unknown = [sys.executable, str(script), "exact", "--rows", "STANLY", "--quick"]
+    refused = subprocess.run(unknown, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0
+    assert "no row ['STANLY'] in 'exact'; its rows are ['ULA', 'MALA'," in refused.stderr
