@@ -290,4 +290,7 @@ def test_a_run_refuses_a_trainer_that_lacks_the_trainer_protocol(tmp_path: Path)
     )
     status, _, err = run_cli(["run", str(config), "--out", str(tmp_path / "run")])
     assert status == 1 and err.count("ebmkit: error:") == 1
-    assert "experiment.trainer is a Langevin, which lacks energy, sampler, dataset" in err
+    assert (
+        "experiment.trainer is a Langevin, which lacks energy, sampler, dataset, batch_size, "
+        "n_rounds, round_index, fit, state_dict, load_state_dict of the Trainer protocol"
+    ) in err  # every member, read from the protocol (its own first, then Stateful's)

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import get_protocol_members
+
 import gin
 from ebmkit.checkpoint.files import (
     latest_checkpoint,
@@ -192,24 +194,22 @@ def _check_resume(
         )
 
 
-_TRAINER_MEMBERS = (
-    "energy",
-    "sampler",
-    "dataset",
-    "batch_size",
-    "n_rounds",
-    "round_index",
-    "fit",
-    "state_dict",
-    "load_state_dict",
-)
+def _protocol_members(protocol: type) -> list[str]:
+    """A protocol's members in declaration order, its own before those of its bases."""
+    members = get_protocol_members(protocol)
+    declared = [
+        name
+        for cls in protocol.__mro__
+        for name in [*vars(cls).get("__annotations__", {}), *vars(cls)]
+    ]
+    return [name for name in dict.fromkeys(declared) if name in members]
 
 
 def _check_trainer(trainer: Any, config: Path) -> None:
     """The run reads a trainer through the `Trainer` protocol only: say what one lacks."""
     if isinstance(trainer, Trainer):
         return
-    missing = [name for name in _TRAINER_MEMBERS if not hasattr(trainer, name)]
+    missing = [name for name in _protocol_members(Trainer) if not hasattr(trainer, name)]
     raise ConfigError(
         f"in config {config}: experiment.trainer is a {type(trainer).__name__}, which lacks "
         f"{', '.join(missing)} of the Trainer protocol (ebmkit.Trainer) a run reads; bind a "
