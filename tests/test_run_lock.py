@@ -101,5 +101,5 @@ def test_of_runs_racing_for_a_stale_lock_exactly_one_wins(tmp_path: Path) -> Non
     winner = contenders[outcomes.index("won")].pid
     for out, _ in results:
         if out.startswith("refused"):
-            assert f"pid {winner} on" in out or "still being written" in out, out
+            assert f"pid {winner} on" in out or "it is writing its lock" in out, out
     assert not (folder / LOCK_NAME).exists()

@@ -23,6 +23,16 @@ class RunLockedError(EbmkitError):
     """Another live `ebmkit run` holds the run folder."""
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 class RunLock:
     """Holds `<run_dir>/.ebmkit.lock` (PID, host, start time) while a run writes the folder.
 
@@ -60,7 +70,7 @@ class RunLock:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(handle)
-                raise RunLockedError(self._busy(self._holder())) from None
+                raise RunLockedError(self._busy(self._live_holder())) from None
             if not self._names(handle):  # released and removed between open and flock
                 os.close(handle)
                 continue
@@ -106,9 +116,25 @@ class RunLock:
         opened = os.fstat(handle)
         return (on_disk.st_dev, on_disk.st_ino) == (opened.st_dev, opened.st_ino)
 
+    def _live_holder(self, wait: float = 1.0) -> dict[str, Any] | None:
+        """The record of the run holding the flock, once it has written it (None if it has not).
+
+        A run that has just taken over a stale lock holds the flock a moment before its own
+        record replaces the dead run's: the dead run must not be named as the holder.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            holder = self._holder()
+            written = holder is not None and (
+                holder["host"] != self.record["host"] or _alive(int(holder["pid"]))
+            )
+            if written or time.monotonic() > deadline:
+                return holder if written else None
+            time.sleep(0.01)
+
     def _busy(self, holder: dict[str, Any] | None) -> str:
         who = (
-            "its lock is still being written"
+            "it is writing its lock"
             if holder is None
             else f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
         )
