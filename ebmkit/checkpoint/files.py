@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ebmkit.errors import CheckpointError
+from ebmkit.processes import process_alive
 
 __all__ = [
     "checkpoint_round",
@@ -130,18 +131,8 @@ def remove_orphaned_temporaries(directory: Path) -> list[Path]:
 
 
 def _alive_elsewhere(pid: int) -> bool:
-    """Whether `pid` is a live process other than this one (POSIX; elsewhere: assume not)."""
-    if pid == os.getpid() or os.name != "posix":
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    except (OSError, OverflowError):  # no such PID can exist
-        return False
-    return True
+    """Whether `pid` is a live process other than this one."""
+    return pid != os.getpid() and process_alive(pid)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

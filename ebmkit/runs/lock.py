@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from ebmkit.errors import EbmkitError
+from ebmkit.processes import process_alive
 
 __all__ = ["LOCK_NAME", "RunLock", "RunLockedError"]
 
@@ -21,16 +22,6 @@ LOCK_NAME = ".ebmkit.lock"
 
 class RunLockedError(EbmkitError):
     """Another live `ebmkit run` holds the run folder."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 class RunLock:
@@ -126,7 +117,7 @@ class RunLock:
         while True:
             holder = self._holder()
             written = holder is not None and (
-                holder["host"] != self.record["host"] or _alive(int(holder["pid"]))
+                holder["host"] != self.record["host"] or process_alive(int(holder["pid"]))
             )
             if written or time.monotonic() > deadline:
                 return holder if written else None
