@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ import torch
 
 from ebmkit.cli import main
 from ebmkit.registry import AUTOLOAD_ENV, reset_registry
+from ebmkit.runs.lock import LOCK_NAME
 
 TOY_GIN = Path(__file__).resolve().parents[1] / "gin" / "base" / "toy.gin"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -150,3 +152,18 @@ def run_console_script(
         cwd=cwd,
         timeout=300,
     )
+
+
+def ended_pid() -> int:
+    """The PID of a process that has run and been reaped: one no live process holds."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    return ended.pid
+
+
+def write_stale_lock(run_dir: Path) -> int:
+    """Leave the run lock a killed run leaves (its PID ended, this host); returns that PID."""
+    pid = ended_pid()
+    record = {"pid": pid, "host": socket.gethostname(), "started": "earlier"}
+    (run_dir / LOCK_NAME).write_text(json.dumps(record))
+    return pid

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TOY_GIN, file_hashes, run_cli, run_console_script, write_lines
+from helpers import TOY_GIN, ended_pid, file_hashes, run_cli, run_console_script, write_lines
 
 from ebmkit.checkpoint.files import remove_orphaned_temporaries, save_checkpoint
 from ebmkit.config import explain_build_error, parse_config
@@ -241,11 +241,9 @@ def test_save_stats_in_the_way_of_a_file_or_a_folder_fails_before_any_work(
 def test_orphaned_temporary_checkpoints_are_removed(tmp_path: Path) -> None:
     folder = tmp_path / "checkpoints"
     save_checkpoint({"round": 1}, folder, 1, keep=3)
-    dead = subprocess.Popen(["true"])  # a PID that has exited
-    dead.wait()
     orphans = [
         folder / ".tmp-k2j4x9q1.pt",  # tempfile.mkstemp's names, before the PID was in them
-        folder / f".tmp-{dead.pid}-0123abcd.pt",
+        folder / f".tmp-{ended_pid()}-0123abcd.pt",  # its writer has exited
         folder / f".tmp-{os.getpid()}-89abcdef.pt",
     ]
     with subprocess.Popen(["sleep", "30"]) as alive:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import write_stale_lock
 
 from ebmkit.runs.lock import LOCK_NAME, RunLock, RunLockedError
 
@@ -35,15 +35,6 @@ while not (folder.parent / "done").exists():
     time.sleep(0.01)
 lock.release()
 """
-
-
-def stale_lock(folder: Path) -> int:
-    """Leave a lock whose holder has ended, as a killed run does; returns that PID."""
-    ended = subprocess.Popen(["true"])
-    ended.wait()
-    record = {"pid": ended.pid, "host": socket.gethostname(), "started": "earlier"}
-    (folder / LOCK_NAME).write_text(json.dumps(record))
-    return ended.pid
 
 
 def test_a_second_holder_in_the_same_process_is_refused_until_the_first_releases(
@@ -73,7 +64,7 @@ def test_a_lock_written_on_another_host_is_refused_saying_how_to_clear_it(tmp_pa
 def test_of_runs_racing_for_a_stale_lock_exactly_one_wins(tmp_path: Path) -> None:
     folder = tmp_path / "run"
     folder.mkdir()
-    stale_lock(folder)
+    write_stale_lock(folder)
     contenders = [
         subprocess.Popen(
             [sys.executable, "-c", CONTENDER, str(folder), str(index)],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from helpers import (
     run_console_script,
     subprocess_env,
     write_lines,
+    write_stale_lock,
 )
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -180,15 +180,10 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_the_first_is_intact(
 def test_a_stale_lock_is_taken_over_with_a_note(tmp_path: Path) -> None:
     path, run = config(tmp_path, rounds=2), tmp_path / "run"
     run.mkdir()
-    ended = subprocess.Popen(["true"])  # a PID whose process has ended
-    ended.wait()
-
-    (run / ".ebmkit.lock").write_text(
-        json.dumps({"pid": ended.pid, "host": socket.gethostname(), "started": "earlier"})
-    )
+    pid = write_stale_lock(run)
     status, _, err = run_cli(["run", str(path), "--out", str(run)])
     assert status == 0, err
-    assert f"taking over the lock of pid {ended.pid} (no longer running)" in err
+    assert f"taking over the lock of pid {pid} (no longer running)" in err
     assert not (run / ".ebmkit.lock").exists()
 
 
