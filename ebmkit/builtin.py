@@ -17,8 +17,10 @@ from ebmkit.energies.conv import ConvEnergy
 from ebmkit.energies.mlp import MLPEnergy
 from ebmkit.energies.resnet import ResNetEnergy
 from ebmkit.energies.shortrun import ShortRunConvNet
+from ebmkit.flows import register_flows
 from ebmkit.hookspecs import hookimpl
 from ebmkit.initializers.data import Data
+from ebmkit.initializers.flow import Flow as FlowInitializer
 from ebmkit.initializers.noise import Noise
 from ebmkit.initializers.persistent import Persistent
 from ebmkit.initializers.replay import Replay
@@ -37,12 +39,13 @@ BUILTIN_KINDS = {
     "trainer": ("trainers", "fits an energy (and every Learnable) round after round"),
     "dataset": ("datasets", "training data: toy 2-D sets and image sets"),
     "metric": ("metrics", "scores samples against data or an exact density"),
+    "flow": ("flows", "normalizing flows: data ↔ N(0, I) with an exact (or estimated) density"),
 }
 
 
 @hookimpl
 def ebmkit_add_kinds(registry: Registry) -> None:
-    """The core's six kinds; plugins add theirs through the same hook."""
+    """The core's seven kinds; plugins add theirs through the same hook."""
     for kind, (plural, doc) in BUILTIN_KINDS.items():
         registry.add_kind(kind, plural=plural, doc=doc)
 
@@ -104,6 +107,8 @@ def ebmkit_register(registry: Registry) -> None:
     registry.add("initializer", "Data", Data)
     registry.add("initializer", "Replay", Replay)
     registry.add("initializer", "Persistent", Persistent)
+    registry.add("initializer", "Flow", FlowInitializer)
+    register_flows(registry)
     registry.add("sampler", "Composite", Composite)
     registry.add("energy", "MLP", MLPEnergy)
     registry.add("energy", "Conv", ConvEnergy)

@@ -1,4 +1,5 @@
-r"""The interfaces every component implements: Energy, Sampler, Initializer, Learnable, Trainer."""
+r"""The interfaces every component implements: Energy, Sampler, Initializer, Flow, Learnable,
+Trainer."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from ebmkit.records import ChainState, InitBatch, Round, SampleResult, StepConte
 
 __all__ = [
     "Energy",
+    "Flow",
     "Initializer",
     "Learnable",
     "RoundObserver",
@@ -99,6 +101,36 @@ class Initializer(Protocol):
 
     def update(self, round: Round) -> None:
         """Learn from the finished round (e.g. store final states in a buffer)."""
+        ...
+
+
+@runtime_checkable
+class Flow(Protocol):
+    """A normalizing flow in the density direction (zuko's and CP-Flow's): data x → base z.
+
+    The base is N(0, I) of `event_shape`; the model density is
+    log λ(x) = log N(z; 0, I) + log|det ∂z/∂x| with z = forward(x). Kernels that need
+    exact densities (an independence Metropolis–Hastings move) refuse a flow whose
+    `exact_log_prob` is False (a stochastic estimate, e.g. a CP-Flow in high dimension).
+    """
+
+    event_shape: tuple[int, ...]
+    exact_log_prob: bool
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(z, log|det ∂z/∂x|) for data x of shape (B, *event_shape); log-det shape (B,)."""
+        ...
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(x, log|det ∂x/∂z|) for base points z of shape (B, *event_shape)."""
+        ...
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log λ(x), shape (B,)."""
+        ...
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """`n` samples x = T(z), z ~ N(0, I) drawn from `generator` (global RNG when None)."""
         ...
 
 

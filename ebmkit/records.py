@@ -2,6 +2,8 @@ r"""Plain records passed between components: chain states, step context and diag
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import torch
 from torch import Tensor
@@ -97,6 +99,9 @@ class StepInfo:
         accepted: which chains moved (B,) bool, None if unadjusted.
         step_size: the step size used (scalar or (B,) tensor).
         n_grad_evals: gradient evaluations this step cost (per chain batch).
+        n_energy_evals: energy-only evaluations (no gradient) this step cost, e.g. an
+            independence MH move scoring its proposal.
+        n_flow_evals: flow passes (forward or inverse, one batch each) this step cost.
         stats: further named diagnostics, scalar or (B,) tensors (e.g. ``global/acceptance``,
             ``local/acceptance``, ``solve/residual``); `sample` averages each over the run.
     """
@@ -105,6 +110,8 @@ class StepInfo:
     accepted: Tensor | None
     step_size: Tensor
     n_grad_evals: int = 1
+    n_energy_evals: int = 0
+    n_flow_evals: int = 0
     stats: dict[str, Tensor] = attrs.field(factory=dict)
 
     def named_stats(self) -> dict[str, Tensor]:
@@ -127,7 +134,9 @@ class SampleResult:
         x: final positions (B, ...), detached (unless the run was differentiable).
         state: the last ChainState (to continue the chains).
         acceptance_rate: per-chain mean acceptance probability (B,), None if unadjusted.
-        n_grad_evals: gradient evaluations spent over the run.
+        n_grad_evals: gradient evaluations spent over the run (`init` included).
+        n_energy_evals: energy-only evaluations (no gradient) spent over the run.
+        n_flow_evals: flow passes spent over the run.
         energy_trace: mean energy of the chains at the start of each step, shape (n_steps,).
         step_size: the final step size (scalar or (B,) tensor).
         stats: each of the steps' `StepInfo.stats` averaged over the steps that reported it.
@@ -140,6 +149,8 @@ class SampleResult:
     energy_trace: Tensor
     step_size: Tensor
     stats: dict[str, Tensor] = attrs.field(factory=dict)
+    n_energy_evals: int = 0
+    n_flow_evals: int = 0
 
 
 @attrs.frozen(eq=False, kw_only=True)
@@ -183,6 +194,8 @@ class Round:
         energy_data: E(x_data), detached (B,).
         energy_model: E(result.x), detached (B,).
         losses: scalar tensors logged for this round (energy loss, regulariser, ...).
+        energy: the energy the chains ran on, by reference (e.g. for a flow's reverse-KL
+            loss); a Learnable reads it from here and never keeps it as a child module.
     """
 
     index: int
@@ -192,6 +205,7 @@ class Round:
     energy_data: Tensor
     energy_model: Tensor
     losses: dict[str, Tensor] = attrs.field(factory=dict)
+    energy: Any = None
 
     @property
     def energy_gap(self) -> Tensor:

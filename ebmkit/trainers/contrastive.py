@@ -190,6 +190,7 @@ class Contrastive:
             energy_data=energy_data.detach(),
             energy_model=energy_model.detach(),
             losses=work.losses,
+            energy=self.energy,
         )
 
     def energy_step(self, work: RoundWork) -> None:
