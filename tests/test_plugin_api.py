@@ -32,11 +32,12 @@ pytestmark = pytest.mark.usefixtures("builtin_registry")
 
 # The flowkit distribution, installed once for this module. Its module name does not start
 # with `ebmkit_test_` so no other test module's clean-up drops it: a re-imported module would
-# hand gin a second `flows.Affine` class, which gin refuses for the rest of the process.
+# hand gin a second `bijectors.Affine` class, which gin refuses for the rest of the process.
+# Its kind is `bijector`: `flow` is a core kind (ebmkit.flows), and a kind is registered once.
 FLOWKIT_DIST = "flowkit_for_ebmkit_tests"
 FLOWKIT_MODULE = "flowkit_for_ebmkit_tests"
 FLOWKIT_SOURCE = '''
-    """flowkit: grows ebmkit by a kind (flow), an eval task (count-files) and a command."""
+    """flowkit: grows ebmkit by a kind (bijector), an eval task (count-files) and a command."""
     import json
     import math
     from pathlib import Path
@@ -52,7 +53,7 @@ FLOWKIT_SOURCE = '''
 
 
     class Affine(nn.Module):
-        """Elementwise affine flow x = shift + exp(log_scale)·z on a standard normal base."""
+        """Elementwise affine bijector x = shift + exp(log_scale)·z on a standard normal base."""
 
         def __init__(self, features=1, shift=0.0, log_scale=0.0):
             super().__init__()
@@ -73,7 +74,7 @@ FLOWKIT_SOURCE = '''
 
 
     class Compose(nn.Module):
-        """Two flows in sequence: x = outer(inner(z))."""
+        """Two bijectors in sequence: x = outer(inner(z))."""
 
         def __init__(self, inner, outer):
             super().__init__()
@@ -94,13 +95,15 @@ FLOWKIT_SOURCE = '''
 
     @ebmkit.hookimpl
     def ebmkit_add_kinds(registry):
-        registry.add_kind("flow", plural="flows", doc="normalizing flows with a log-density")
+        registry.add_kind(
+            "bijector", plural="bijectors", doc="invertible maps with a log-density"
+        )
 
 
     @ebmkit.hookimpl
     def ebmkit_register(registry):
-        registry.add("flow", "Affine", Affine)
-        registry.add("flow", "Compose", Compose)
+        registry.add("bijector", "Affine", Affine)
+        registry.add("bijector", "Compose", Compose)
 
 
     def count_files_parser(parser):
@@ -140,7 +143,7 @@ FLOWKIT_SOURCE = '''
 
     def flow_density(args):
         flow = ebmkit.create(
-            "flow", "Affine", features=1, shift=args.shift, log_scale=args.log_scale
+            "bijector", "Affine", features=1, shift=args.shift, log_scale=args.log_scale
         )
         with torch.no_grad():
             log_prob = flow.log_prob(torch.tensor(args.x).unsqueeze(-1))
@@ -218,8 +221,8 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, 
     return status, captured.out, captured.err
 
 
-def write_flow_config(folder: Path, *lines: str) -> Path:
-    return write_lines(folder, "flow.gin", lines)
+def write_bijector_config(folder: Path, *lines: str) -> Path:
+    return write_lines(folder, "bijector.gin", lines)
 
 
 # -- a new kind ------------------------------------------------------------------------------
@@ -230,14 +233,15 @@ def test_a_plugin_kind_is_listed_by_ebmkit_plugins_with_its_components(flowkit: 
     assert listed.returncode == 0, listed.stderr
     plugins, sections = plugin_listing(listed.stdout)
     assert plugins["flowkit"] == f"({FLOWKIT_DIST} 1.0): ok"
-    assert sections["flows"] == {"Affine": "flowkit", "Compose": "flowkit"}
-    assert sections["kinds"]["flow"] == "flowkit"
+    assert sections["bijectors"] == {"Affine": "flowkit", "Compose": "flowkit"}
+    assert sections["kinds"]["bijector"] == "flowkit"
     assert sections["kinds"]["sampler"] == "ebmkit"
-    assert "  flow                   [flowkit] flows.<Name>: normalizing flows " in listed.stdout
+    assert sections["kinds"]["flow"] == "ebmkit"  # the core's kind, beside the plugin's
+    assert "  bijector               [flowkit] bijectors.<Name>: invertible maps " in listed.stdout
     assert sections["eval tasks"]["count-files"] == "flowkit"
     assert sections["eval tasks"]["fid"] == "ebmkit"
     assert sections["commands"] == {"flow-density": "flowkit"}
-    assert "  Affine                 [flowkit] Elementwise affine flow" in listed.stdout
+    assert "  Affine                 [flowkit] Elementwise affine bijector" in listed.stdout
 
 
 def test_the_registry_knows_the_kind_its_plural_and_builds_its_components(flowkit: Path) -> None:
@@ -250,75 +254,85 @@ def test_the_registry_knows_the_kind_its_plural_and_builds_its_components(flowki
         "dataset",
         "metric",
         "flow",
+        "bijector",
     )
-    assert registry.kind("flow") == Kind(
-        "flow", "flows", "normalizing flows with a log-density", "flowkit"
+    assert registry.kind("bijector") == Kind(
+        "bijector", "bijectors", "invertible maps with a log-density", "flowkit"
     )
-    assert (registry.plural("flow"), registry.plural("energy")) == ("flows", "energies")
-    assert (registry.kind_of_plural("flows"), registry.kind_of_plural("flow")) == ("flow", None)
-    component = registry.get("flow", "Affine")
-    assert (component.plugin, component.gin_name) == ("flowkit", "flows.Affine")
-    flow = ebmkit.create("flow", "Affine", features=2, shift=1.0, log_scale=math.log(2.0))
+    assert (registry.plural("bijector"), registry.plural("energy")) == ("bijectors", "energies")
+    assert (registry.kind_of_plural("bijectors"), registry.kind_of_plural("bijector")) == (
+        "bijector",
+        None,
+    )
+    component = registry.get("bijector", "Affine")
+    assert (component.plugin, component.gin_name) == ("flowkit", "bijectors.Affine")
+    bijector = ebmkit.create("bijector", "Affine", features=2, shift=1.0, log_scale=math.log(2.0))
     x = torch.tensor([[1.0, 3.0], [-1.0, 0.5]])
     expected = torch.distributions.Normal(1.0, 2.0).log_prob(x).sum(-1)
-    torch.testing.assert_close(flow.log_prob(x), expected)
-    assert [c.name for c in ebmkit.components("flow")] == ["Affine", "Compose"]
-    assert [c.kind for c in ebmkit.components()][-2:] == ["flow", "flow"]
+    torch.testing.assert_close(bijector.log_prob(x), expected)
+    assert [c.name for c in ebmkit.components("bijector")] == ["Affine", "Compose"]
+    assert [c.kind for c in ebmkit.components()][-2:] == ["bijector", "bijector"]
 
 
 def test_an_unknown_kind_lists_every_kind_including_the_plugins(flowkit: Path) -> None:
     reset_registry()
-    kinds = "energy, sampler, initializer, trainer, dataset, metric, flow"
-    with pytest.raises(ValueError, match=f"^unknown component kind 'flw'; the kinds are {kinds}$"):
-        ebmkit.create("flw", "Affine")
-    with pytest.raises(UnknownComponentError, match=r"registered flows: Affine \(flowkit\), Com"):
-        ebmkit.create("flow", "RealNVP")
+    kinds = "energy, sampler, initializer, trainer, dataset, metric, flow, bijector"
+    with pytest.raises(
+        ValueError, match=f"^unknown component kind 'bjector'; the kinds are {kinds}$"
+    ):
+        ebmkit.create("bjector", "Affine")
+    with pytest.raises(
+        UnknownComponentError, match=r"registered bijectors: Affine \(flowkit\), Com"
+    ):
+        ebmkit.create("bijector", "RealNVP")
 
 
 def test_a_gin_file_builds_the_new_kinds_components_by_reference(
     flowkit: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = write_flow_config(
+    config = write_bijector_config(
         tmp_path,
-        "flows.Compose.inner = @inner/flows.Affine()",
-        "flows.Compose.outer = @outer/flows.Affine()",
-        "inner/flows.Affine.shift = 1.0",
-        "outer/flows.Affine.log_scale = 0.5",
+        "bijectors.Compose.inner = @inner/bijectors.Affine()",
+        "bijectors.Compose.outer = @outer/bijectors.Affine()",
+        "inner/bijectors.Affine.shift = 1.0",
+        "outer/bijectors.Affine.log_scale = 0.5",
     )
     status, out, err = run_main(capsys, "config", str(config))
     assert status == 0, err
     assert (
-        "\nCompose.inner = @inner/flows.Affine()\nCompose.outer = @outer/flows.Affine()\n" in out
+        "\nCompose.inner = @inner/bijectors.Affine()\n"
+        "Compose.outer = @outer/bijectors.Affine()\n" in out
     )
-    assert "\nouter/Affine.log_scale = 0.5\n" in out
-    flow = gin.get_configurable("flows.Compose")()
-    assert (flow.inner.shift.item(), flow.inner.log_scale.item()) == (1.0, 0.0)
-    assert (flow.outer.shift.item(), flow.outer.log_scale.item()) == (0.0, 0.5)
+    # two configurables end in "Affine" (the core's flows.Affine too): gin writes the module
+    assert "\nouter/bijectors.Affine.log_scale = 0.5\n" in out
+    bijector = gin.get_configurable("bijectors.Compose")()
+    assert (bijector.inner.shift.item(), bijector.inner.log_scale.item()) == (1.0, 0.0)
+    assert (bijector.outer.shift.item(), bijector.outer.log_scale.item()) == (0.0, 0.5)
     # x = e^0.5 · (1 + z): a normal with mean and scale e^0.5
     x = torch.linspace(-2.0, 4.0, 7).unsqueeze(-1)
     scale = math.exp(0.5)
     expected = torch.distributions.Normal(scale, scale).log_prob(x).squeeze(-1)
-    torch.testing.assert_close(flow.log_prob(x), expected)
+    torch.testing.assert_close(bijector.log_prob(x), expected)
     z = torch.randn(5, 1)
-    torch.testing.assert_close(flow.inverse(flow(z))[0], z)
+    torch.testing.assert_close(bijector.inverse(bijector(z))[0], z)
 
 
 def test_a_config_error_in_the_new_kind_lists_its_components_and_parameters(
     flowkit: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = write_flow_config(tmp_path, "flows.Compose.inner = @flows.Afine()")
+    config = write_bijector_config(tmp_path, "bijectors.Compose.inner = @bijectors.Afine()")
     status, _, err = run_main(capsys, "config", str(config))
     assert status == 1
     assert err.startswith(f"ebmkit: error: in config {config}: ")
-    assert "\nregistered flows: flows.Affine (flowkit), flows.Compose (flowkit)" in err
-    config = write_flow_config(tmp_path, "flows.Affine.scale = 2.0")
+    assert "\nregistered bijectors: bijectors.Affine (flowkit), bijectors.Compose (flowkit)" in err
+    config = write_bijector_config(tmp_path, "bijectors.Affine.scale = 2.0")
     status, _, err = run_main(capsys, "config", str(config))
     assert status == 1
     assert "\nits parameters are: features, shift, log_scale" in err
-    config = write_flow_config(tmp_path, "flowz.Compose.inner = 1")
+    config = write_bijector_config(tmp_path, "bijectorz.Compose.inner = 1")
     status, _, err = run_main(capsys, "config", str(config))
     assert status == 1
-    assert "kinds one of ['datasets', 'energies', 'flows', 'initializers', 'metrics'," in err
+    assert "kinds one of ['bijectors', 'datasets', 'energies', 'flows', 'initializers'," in err
 
 
 # -- eval tasks and commands -----------------------------------------------------------------
@@ -408,14 +422,15 @@ def test_blocking_the_plugin_takes_its_kind_task_and_command_away(
     assert status == 0
     plugins, sections = plugin_listing(out)
     assert plugins["flowkit"].endswith(": blocked")
-    assert "flow" not in sections["kinds"] and "flows" not in sections
+    assert "bijector" not in sections["kinds"] and "bijectors" not in sections
+    assert sections["kinds"]["flow"] == "ebmkit"  # the core's flows stay
     assert "count-files" not in sections["eval tasks"] and "commands" not in sections
     with pytest.raises(SystemExit) as exited:
         main(["-p", "no:flowkit", "eval", "count-files", "--folder", "."])
     assert exited.value.code == 2
     assert "invalid choice: 'count-files'" in capsys.readouterr().err
-    with pytest.raises(UnknownComponentError, match="unknown component kind 'flow'"):
-        gin.get_configurable("flows.Affine")()
+    with pytest.raises(UnknownComponentError, match="unknown component kind 'bijector'"):
+        gin.get_configurable("bijectors.Affine")()
 
 
 # -- ordering, clashes and broken plugins ----------------------------------------------------
@@ -441,21 +456,21 @@ class ShiftTAG(nn.Module):
 
 @ebmkit.hookimpl
 def ebmkit_register(registry):
-    registry.add("flow", "ShiftTAG", ShiftTAG)
+    registry.add("bijector", "ShiftTAG", ShiftTAG)
 ''',
     )
     registry = reset_registry()
     assert list(registry.plugins).index(name) < list(registry.plugins).index("flowkit")
     assert registry.plugins[name].ok
-    assert registry.get("flow", f"Shift{tag}").plugin == name
-    assert gin.get_configurable(f"flows.Shift{tag}")()(torch.zeros(1)).item() == 1.0
+    assert registry.get("bijector", f"Shift{tag}").plugin == name
+    assert gin.get_configurable(f"bijectors.Shift{tag}")()(torch.zeros(1)).item() == 1.0
 
 
 CLASHES = {
     "kind": (
         "ebmkit_add_kinds",
-        'registry.add_kind("flow")',
-        "ebmkit_add_kinds failed: ValueError: kind 'flow' is registered twice: by plugin "
+        'registry.add_kind("bijector")',
+        "ebmkit_add_kinds failed: ValueError: kind 'bijector' is registered twice: by plugin "
         "'flowkit' and by 'PLUGIN'; rename one, or block one with -p no:NAME",
     ),
     "builtin kind": (
@@ -465,9 +480,9 @@ CLASHES = {
     ),
     "plural": (
         "ebmkit_add_kinds",
-        'registry.add_kind("stream", plural="flows")',
-        "kind 'stream' (plural 'flows') of plugin 'PLUGIN' clashes with kind 'flow' (plural "
-        "'flows') of plugin 'flowkit'; choose another name or plural=",
+        'registry.add_kind("stream", plural="bijectors")',
+        "kind 'stream' (plural 'bijectors') of plugin 'PLUGIN' clashes with kind 'bijector' "
+        "(plural 'bijectors') of plugin 'flowkit'; choose another name or plural=",
     ),
     "kind name": (
         "ebmkit_add_kinds",
@@ -536,7 +551,7 @@ def test_a_clash_breaks_the_later_plugin_naming_both_and_keeps_the_first(
     assert error is not None and expected.replace("PLUGIN", name) in error
     assert "x" not in registry.kinds()  # what the broken plugin added is gone
     assert registry.plugins["flowkit"].ok
-    assert registry.plural("flow") == "flows"
+    assert registry.plural("bijector") == "bijectors"
     assert registry.eval_tasks.get("count-files").plugin == "flowkit"
     assert registry.commands.get("flow-density").plugin == "flowkit"
     status, out, _ = run_main(capsys, "plugins")
@@ -567,7 +582,7 @@ def ebmkit_add_kinds(registry):
 @ebmkit.hookimpl
 def ebmkit_register(registry):
     registry.add("generator", "GenTAG", GenTAG)
-    registry.add("flow", "FlowTAG", GenTAG)
+    registry.add("bijector", "BijectorTAG", GenTAG)
 
 
 @ebmkit.hookimpl
@@ -585,14 +600,14 @@ def ebmkit_add_eval_tasks(tasks):
     error = "ebmkit_add_eval_tasks failed: RuntimeError: no evaluation today"
     assert registry.plugins[name].error == error
     assert "generator" not in registry.kinds()
-    assert f"Flow{tag}" not in [c.name for c in registry.components("flow")]
+    assert f"Bijector{tag}" not in [c.name for c in registry.components("bijector")]
     assert f"gen-{tag}" not in registry.commands and f"gen-{tag}" not in registry.eval_tasks
     status, out, _ = run_main(capsys, "plugins")
     assert status == 0
     plugins, sections = plugin_listing(out)
     assert plugins[name] == f"(ebmkit_test_{name} 0.1): BROKEN: {error}"
     assert "generator" not in sections["kinds"] and "generators" not in sections
-    assert sections["flows"] == {"Affine": "flowkit", "Compose": "flowkit"}
+    assert sections["bijectors"] == {"Affine": "flowkit", "Compose": "flowkit"}
     assert f"gen-{tag}" not in sections["eval tasks"]
     with pytest.raises(SystemExit):
         main(["eval", f"gen-{tag}"])
