@@ -219,7 +219,8 @@ def test_composite_keeps_each_stages_own_state_apart_and_reports_both_stages():
     )
     assert set(result.stats) == {"ula/step_size", "mala/step_size", "mala/acceptance"}
     assert result.stats["mala/acceptance"].shape == (256,)
-    assert result.n_grad_evals == 1 + 30 * 2  # ULA skips no gradient: it is not last
+    # Each stage's init evaluates ∇E (2), then ULA skips no gradient (it is not last): 2 a step.
+    assert result.n_grad_evals == 2 + 30 * 2
     owned = result.state.owned
     assert set(owned) == {"mala/step_size", "mala/age"}
     assert int(owned["mala/age"].max()) == 20 + 10 and not torch.allclose(

@@ -21,6 +21,8 @@ from torch import Tensor
 import ebmkit
 from ebmkit.autograd import energy_and_grad
 from ebmkit.records import ChainState, StepContext, StepInfo
+from ebmkit.samplers.base import EvaluationCounts, kept_from_previous
+from ebmkit.samplers.composite import Composite
 from ebmkit.samplers.langevin import Langevin
 from ebmkit.samplers.mala import MALA
 from ebmkit.samplers.moves import batch_view, gaussian_noise, metropolis_accept, select_chains
@@ -286,6 +288,28 @@ def test_continuation_check_fails_a_kernel_that_ignores_the_continued_state() ->
 
 
 @attrs.define(kw_only=True)
+class StageBlindComposite(Composite):
+    """Composite as it was before issue 13: `init` evaluates E and ∇E itself and never runs
+    its stages' `init`, so a persistent bank's "not set yet" entries stay NaN."""
+
+    def init_with_cost(self, x, energy, *, previous=None):
+        _, owned = kept_from_previous(x, previous)
+        value, grad = energy_and_grad(energy, x)
+        state = ChainState(x=x, energy=value, grad=grad, owned=owned)
+        return state, EvaluationCounts(n_grad_evals=1)
+
+
+def test_continuation_check_fails_a_composite_that_skips_its_stages_init() -> None:
+    """The bank is twice the batch, so the compared chains arrive with ``local/step_size`` NaN
+    ("not set yet"): the stage-blind Composite runs MALA with NaN steps (never accepting)."""
+    stages = {"global": MALA(step_size=0.4), "local": MALA(step_size=0.1, adapt_steps=15)}
+    pattern = r"not set yet.*owned\['global/step_size'\]: 64 of 64 entries differ"
+    with pytest.raises(AssertionError, match=pattern):
+        check_continuation(StageBlindComposite(stages=stages))
+    check_continuation(Composite(stages=stages))
+
+
+@attrs.define(kw_only=True)
 class OwnedOnlyMALA(MALA):
     """MALA whose step keeps only the `owned` entries it made itself."""
 
@@ -305,6 +329,29 @@ class OvercountingLangevin(Langevin):
 
 
 @attrs.define(kw_only=True)
+class UncountedScoringLangevin(Langevin):
+    """Langevin that also scores E at its new point without a gradient and does not say so."""
+
+    def step(self, state, energy, *, generator=None, context=None):
+        new_state, info = super().step(state, energy, generator=generator, context=context)
+        with torch.no_grad():
+            energy(new_state.x)
+        return new_state, info
+
+
+@attrs.define(kw_only=True)
+class GradientAssumingLangevin(Langevin):
+    """Langevin that takes ∇E from the state unchecked (fails on a state whose ∇E is None)."""
+
+    def step(self, state, energy, *, generator=None, context=None):
+        x = self.move(state, generator)
+        value, grad = energy_and_grad(energy, x)
+        new_state = ChainState(x=x, energy=value, grad=grad, owned=state.owned)
+        info = StepInfo(acceptance_prob=None, accepted=None, step_size=torch.scalar_tensor(0.1))
+        return new_state, info
+
+
+@attrs.define(kw_only=True)
 class GraphKeepingLangevin(Langevin):
     """Langevin whose `sample` always keeps the graph, whatever `differentiable` says."""
 
@@ -319,8 +366,23 @@ class GraphKeepingLangevin(Langevin):
         (OvercountingLangevin(step_size=0.1), "n_grad_evals = 6 but .* differentiated 3 times"),
         (GraphKeepingLangevin(step_size=0.1), "keeps an autograd graph"),
         (Langevin(step_size=1e30), "NaN or inf"),
+        (
+            UncountedScoringLangevin(step_size=0.1),
+            "n_energy_evals = 0 but the energy was evaluated 3 times without a gradient",
+        ),
+        (
+            GradientAssumingLangevin(step_size=0.1),
+            r"a lone step from ∇E = None raised TypeError",
+        ),
     ],
-    ids=["drops-foreign-owned", "overcounts-gradients", "keeps-the-graph", "blows-up"],
+    ids=[
+        "drops-foreign-owned",
+        "overcounts-gradients",
+        "keeps-the-graph",
+        "blows-up",
+        "hides-energy-evaluations",
+        "assumes-a-gradient",
+    ],
 )
 def test_contract_check_fails_a_broken_kernel(sampler, pattern: str) -> None:
     with pytest.raises(AssertionError, match=pattern):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 
+import attrs
 import torch
 from torch import Tensor
 
@@ -12,7 +13,89 @@ from ebmkit.autograd import differentiable_chains
 from ebmkit.protocols import Energy
 from ebmkit.records import ChainState, InitBatch, SampleResult, StepContext, StepInfo
 
-__all__ = ["MarkovKernel", "kept_from_previous"]
+__all__ = [
+    "EvaluationCounts",
+    "MarkovKernel",
+    "default_init_cost",
+    "initialize",
+    "kept_from_previous",
+]
+
+
+@attrs.frozen(kw_only=True)
+class EvaluationCounts:
+    """What some chain work cost, in the three units budgets are compared in.
+
+    Arguments:
+        n_grad_evals: gradient evaluations (E and ∇E at a batch: one forward + one backward).
+        n_energy_evals: energy-only evaluations (a forward pass, no gradient), e.g. an
+            independence MH move scoring its proposal.
+        n_flow_evals: flow passes (forward or inverse, one batch each).
+
+    Example:
+        >>> EvaluationCounts(n_grad_evals=1) + EvaluationCounts(n_energy_evals=1, n_flow_evals=2)
+        EvaluationCounts(n_grad_evals=1, n_energy_evals=1, n_flow_evals=2)
+    """
+
+    n_grad_evals: int = 0
+    n_energy_evals: int = 0
+    n_flow_evals: int = 0
+
+    def __add__(self, other: EvaluationCounts) -> EvaluationCounts:
+        return EvaluationCounts(
+            n_grad_evals=self.n_grad_evals + other.n_grad_evals,
+            n_energy_evals=self.n_energy_evals + other.n_energy_evals,
+            n_flow_evals=self.n_flow_evals + other.n_flow_evals,
+        )
+
+    @classmethod
+    def of_step(cls, info: StepInfo) -> EvaluationCounts:
+        """The counts a step reported in its StepInfo."""
+        return cls(
+            n_grad_evals=info.n_grad_evals,
+            n_energy_evals=info.n_energy_evals,
+            n_flow_evals=info.n_flow_evals,
+        )
+
+
+def default_init_cost(state: ChainState) -> EvaluationCounts:
+    """What an `init` that evaluates only the energy cost: one gradient evaluation when `state`
+    holds ∇E, one energy-only evaluation when it holds E alone, nothing when neither.
+
+    Example:
+        >>> x = torch.zeros(3, 2)
+        >>> default_init_cost(ChainState(x=x, energy=torch.zeros(3), grad=None))
+        EvaluationCounts(n_grad_evals=0, n_energy_evals=1, n_flow_evals=0)
+    """
+    if state.grad is not None:
+        return EvaluationCounts(n_grad_evals=1)
+    if state.energy is not None:
+        return EvaluationCounts(n_energy_evals=1)
+    return EvaluationCounts()
+
+
+def initialize(
+    sampler: object, x: Tensor, energy: Energy, *, previous: ChainState | None = None
+) -> tuple[ChainState, EvaluationCounts]:
+    """`sampler.init(x, energy, previous=previous)` and what it cost.
+
+    Asks the sampler's `init_with_cost` when it has one (every `MarkovKernel` does), else runs
+    its `init` and takes `init_cost(state)` if it has that, else `default_init_cost`. What a
+    kernel composing others (`samplers.Composite`) calls for each of its stages.
+
+    Arguments:
+        sampler: any sampler (`init`, and optionally `init_with_cost` or `init_cost`).
+        x, energy, previous: as for `init`.
+
+    Returns:
+        (the state, its EvaluationCounts).
+    """
+    with_cost = getattr(sampler, "init_with_cost", None)
+    if with_cost is not None:
+        return with_cost(x, energy, previous=previous)
+    state = sampler.init(x, energy, previous=previous)
+    cost = getattr(sampler, "init_cost", default_init_cost)
+    return state, cost(state)
 
 
 def kept_from_previous(
@@ -37,6 +120,8 @@ class MarkovKernel:
 
     The loop keeps every per-chain statistic as a tensor (no `.item()`, no host sync) and
     never keeps an autograd graph from one step to the next (unless `differentiable=True`).
+    The run's costs (`SampleResult.n_grad_evals`, `n_energy_evals`, `n_flow_evals`) are
+    what `init` cost (`init_with_cost`) plus what every step's `StepInfo` reported.
     """
 
     n_steps: int
@@ -44,6 +129,26 @@ class MarkovKernel:
 
     def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
         raise NotImplementedError
+
+    def init_cost(self, state: ChainState) -> EvaluationCounts:
+        """What `init` spent to make `state` (see `default_init_cost`, the default).
+
+        Override when `init` does other work than one energy evaluation (with or without
+        ∇E): e.g. a flow kernel whose `init` scores E without a gradient and log λ(x) with
+        one flow pass returns ``EvaluationCounts(n_energy_evals=1, n_flow_evals=1)``.
+        """
+        return default_init_cost(state)
+
+    def init_with_cost(
+        self, x: Tensor, energy: Energy, *, previous: ChainState | None = None
+    ) -> tuple[ChainState, EvaluationCounts]:
+        """`init` and what it cost (`init_cost` of its state); what `sample` calls.
+
+        A kernel whose cost cannot be read from the state alone (one running other kernels'
+        `init`s, like `samplers.Composite`) overrides this instead.
+        """
+        state = self.init(x, energy, previous=previous)
+        return state, self.init_cost(state)
 
     def step(
         self,
@@ -103,7 +208,8 @@ class MarkovKernel:
 
         Returns:
             SampleResult with the final x, the last state, per-chain acceptance rate (MH
-            kernels), gradient evaluations, the energy trace and the steps' averaged stats.
+            kernels), the costs (gradient, energy-only and flow evaluations, `init`
+            included), the energy trace and the steps' averaged stats.
         """
         n_steps = self.n_steps if n_steps is None else n_steps
         if n_steps < 0:
@@ -126,9 +232,12 @@ class MarkovKernel:
         differentiable: bool,
         adapt: bool,
     ) -> SampleResult:
-        state = self.init(x0 if differentiable else x0.detach(), energy, previous=previous)
+        state, cost = self.init_with_cost(
+            x0 if differentiable else x0.detach(), energy, previous=previous
+        )
         del previous
-        n_grad_evals = 1
+        n_grad_evals, n_energy_evals = cost.n_grad_evals, cost.n_energy_evals
+        n_flow_evals = cost.n_flow_evals
         acceptance_sum: Tensor | None = None
         stat_sums: dict[str, Tensor] = {}
         stat_counts: dict[str, int] = {}
@@ -159,6 +268,8 @@ class MarkovKernel:
             info = transition[1]
             del transition
             n_grad_evals += info.n_grad_evals
+            n_energy_evals += info.n_energy_evals
+            n_flow_evals += info.n_flow_evals
             step_size = info.step_size
             if info.acceptance_prob is not None:
                 acceptance_sum = (
@@ -180,4 +291,6 @@ class MarkovKernel:
             energy_trace=energy_trace,
             step_size=step_size,
             stats={name: total / stat_counts[name] for name, total in stat_sums.items()},
+            n_energy_evals=n_energy_evals,
+            n_flow_evals=n_flow_evals,
         )

@@ -1,4 +1,4 @@
-r"""Kernels in sequence: each step applies every stage once (a global move, then a local one)."""
+r"""Kernels in sequence: each step applies every stage (a global move, then k local ones)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ import attrs
 import torch
 from torch import Tensor
 
-from ebmkit.autograd import energy_and_grad
 from ebmkit.protocols import Energy, Sampler, StepScalable
 from ebmkit.records import LONE_STEP, ChainState, StepContext, StepInfo
-from ebmkit.samplers.base import MarkovKernel, kept_from_previous
+from ebmkit.samplers.base import (
+    EvaluationCounts,
+    MarkovKernel,
+    default_init_cost,
+    initialize,
+    kept_from_previous,
+)
 
 if TYPE_CHECKING:
     from ebmkit.testing import SamplerCase
@@ -38,40 +43,76 @@ def _stage_names(
             )
 
 
+def _repeat_counts(instance: Composite, attribute: attrs.Attribute, value: dict) -> None:
+    names = list(instance.stages)
+    for name, count in value.items():
+        if name not in instance.stages:
+            problem = f"names {name!r}, which is not a stage"
+        elif isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            problem = f"gives stage {name!r} the count {count!r}"
+        else:
+            continue
+        raise ValueError(
+            f"samplers.Composite.repeats {problem}; the stages are {names}. Map stage names "
+            f"to whole numbers of moves per step >= 1 (stages left out make one), e.g. "
+            f"samplers.Composite.repeats = {{{names[-1]!r}: 5}}"
+        )
+
+
 @attrs.define(kw_only=True)
 class Composite(MarkovKernel):
-    """The composition K = K_last ∘ … ∘ K_first of registered kernels, one pass per step.
+    """The composition K = K_last^k_last ∘ … ∘ K_first^k_first of registered kernels per step.
 
     Each stage leaves exp(−E) invariant if its kernel does, so the composition does too.
-    E and ∇E pass from stage to stage (a stage that moves x recomputes or drops its caches);
-    what each stage owns (its adapted step sizes, ``owned`` tensors) is kept apart under the
-    stage's name, so two adaptive stages never mix. Every stage sees the caller's context
-    (adaptation on or off); only the final stage of the run's last step is told ``last``.
-    Each stage's diagnostics appear in `StepInfo.stats` as ``<stage>/<name>``, e.g.
-    ``mala/acceptance``, ``mala/step_size``.
+    E and ∇E pass from stage to stage (a stage that moves x recomputes or drops its caches;
+    one that needs ∇E and finds it None evaluates it); what each stage owns (its adapted
+    step sizes, ``owned`` tensors) is kept apart under the stage's name, so two adaptive
+    stages never mix. A stage repeated k times (`repeats`) makes k moves in a row each
+    step, all on the one owned state of that stage: one adapted step size per stage, not
+    per repeat (a MALA stage's age counts its moves, so its `adapt_steps` are moves, k per
+    step). Every stage sees the caller's context (adaptation on or off); only the final
+    repeat of the final stage of the run's last step is told ``last``. Each stage's
+    diagnostics appear in `StepInfo.stats` as ``<stage>/<name>``, e.g. ``mala/acceptance``,
+    ``mala/step_size``, averaged over the stage's repeats; the step's costs are summed over
+    stages and repeats.
+
+    `init` runs every stage's `init` in stage order, each on its own view: x, the extras
+    made by the stages before it, and its own owned entries (its step size included), so a
+    continued chain's "not set yet" entries (a persistent bank's NaN step sizes) are
+    resolved by the stage that owns them. Each stage's extras are merged into the shared
+    ones; E and ∇E are the last ones a stage evaluated. It costs the sum of the stages'
+    `init`s (K stages that each evaluate ∇E: K gradient evaluations).
 
     Arguments:
         stages: name → sampler, applied in this order each step.
+        repeats: name → k ≥ 1, the moves that stage makes in a row each step (default 1),
+            e.g. ``{"local": 5}``: five local moves per global move.
         n_steps: default number of steps for `sample`.
 
     Example:
         >>> from ebmkit.samplers.langevin import Langevin
         >>> from ebmkit.samplers.mala import MALA
         >>> stages = {"ula": Langevin(step_size=0.1), "mala": MALA(step_size=0.1)}
-        >>> kernel = Composite(stages=stages)
+        >>> kernel = Composite(stages=stages, repeats={"mala": 3})
         >>> result = kernel.sample(lambda x: 0.5 * x.square().sum(1), torch.zeros(8, 2), 5)
         >>> sorted(result.stats)
         ['mala/acceptance', 'mala/step_size', 'ula/step_size']
+        >>> result.n_grad_evals  # 2 inits, then 5 steps of 1 ULA + 3 MALA gradients
+        22
     """
 
     stages: dict[str, Sampler] = attrs.field(converter=dict, validator=_stage_names)
+    repeats: dict[str, int] = attrs.field(factory=dict, converter=dict, validator=_repeat_counts)
     n_steps: int = attrs.field(default=100, validator=attrs.validators.ge(0))
 
     @classmethod
     def testing_cases(cls) -> list[SamplerCase]:
         """Cases for `ebmkit.testing`: two ULA stages (exactly their composed Langevin law on a
-        Gaussian), ULA then adaptive MALA (unadjusted: within 0.03 of the target), and two
-        MALA stages, the second adapting (exact; each stage's owned state kept apart)."""
+        Gaussian), the second repeated twice (exactly its three Langevin moves), ULA then
+        adaptive MALA (unadjusted: within 0.03 of the target), two MALA stages, the second
+        adapting (exact; each stage's owned state kept apart), and the same with the
+        adapting stage repeated 3 times per step (45 adaptive moves: 15 steps, between the
+        continuation check's N = 10 and 2N, so the shared step size is carried over)."""
         from ebmkit.samplers.langevin import Langevin
         from ebmkit.samplers.mala import MALA
         from ebmkit.testing import LangevinMove, SamplerCase
@@ -79,12 +120,24 @@ class Composite(MarkovKernel):
         two_ula = {"coarse": Langevin(step_size=0.06), "fine": Langevin(step_size=0.03)}
         ula_mala = {"ula": Langevin(step_size=0.05), "mala": MALA(step_size=0.15, adapt_steps=15)}
         two_mala = {"global": MALA(step_size=0.4), "local": MALA(step_size=0.1, adapt_steps=15)}
+        repeated = {"global": MALA(step_size=0.4), "local": MALA(step_size=0.1, adapt_steps=45)}
+        coarse, fine = LangevinMove(step_size=0.06), LangevinMove(step_size=0.03)
         return [
             SamplerCase(
                 name="ula-then-ula",
                 sampler=Composite(stages=two_ula),
                 exact=False,
-                langevin_law=(LangevinMove(step_size=0.06), LangevinMove(step_size=0.03)),
+                langevin_law=(coarse, fine),
+                bias_tolerance=0.03,
+            ),
+            SamplerCase(
+                name="ula-then-ula-twice",
+                sampler=Composite(
+                    stages={"coarse": Langevin(step_size=0.06), "fine": Langevin(step_size=0.03)},
+                    repeats={"fine": 2},
+                ),
+                exact=False,
+                langevin_law=(coarse, fine, fine),
                 bias_tolerance=0.03,
             ),
             SamplerCase(
@@ -94,13 +147,47 @@ class Composite(MarkovKernel):
                 bias_tolerance=0.03,
             ),
             SamplerCase(name="mala-then-mala", sampler=Composite(stages=two_mala), exact=True),
+            SamplerCase(
+                name="mala-then-mala-x3",
+                sampler=Composite(stages=repeated, repeats={"local": 3}),
+                exact=True,
+            ),
         ]
 
     def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
-        """E and ∇E at `x`; what the stages own is kept from `previous` (or made on first use)."""
+        """Every stage's `init` on its own view, in stage order (see the class docstring)."""
+        return self.init_with_cost(x, energy, previous=previous)[0]
+
+    def init_with_cost(
+        self, x: Tensor, energy: Energy, *, previous: ChainState | None = None
+    ) -> tuple[ChainState, EvaluationCounts]:
+        """`init` and its cost: the sum of what the stages' `init`s cost."""
         _, owned = kept_from_previous(x, previous)
-        value, grad = energy_and_grad(energy, x)
-        return ChainState(x=x, energy=value, grad=grad, owned=owned)
+        del previous  # its E, ∇E and caches are stale: every stage recomputes its own
+        shared = ChainState(x=x, energy=None, grad=None)
+        cost = EvaluationCounts()
+        for name, stage in self.stages.items():
+            view = self._stage_view(shared, owned, name)
+            stage_state, stage_cost = initialize(stage, x, energy, previous=view)
+            cost = cost + stage_cost
+            owned = self._stage_owned(stage_state, owned, name)
+            shared = ChainState(
+                x=x,
+                energy=shared.energy if stage_state.energy is None else stage_state.energy,
+                grad=shared.grad if stage_state.grad is None else stage_state.grad,
+                extras={**shared.extras, **stage_state.extras},
+            )
+        return attrs.evolve(shared, owned=owned), cost
+
+    def init_cost(self, state: ChainState) -> EvaluationCounts:
+        """The stages' `init_cost`s, each on its view of `state` (`sample` instead counts each
+        stage's `init` as it runs, through `init_with_cost`, which is exact also for a stage
+        whose cost depends on what its own `init` left in the state)."""
+        cost = EvaluationCounts()
+        for name, stage in self.stages.items():
+            view = self._stage_view(state, state.owned, name)
+            cost = cost + getattr(stage, "init_cost", default_init_cost)(view)
+        return cost
 
     def step(
         self,
@@ -110,24 +197,33 @@ class Composite(MarkovKernel):
         generator: torch.Generator | None = None,
         context: StepContext | None = None,
     ) -> tuple[ChainState, StepInfo]:
-        """Every stage once, in order; stats of each stage under its name."""
+        """Every stage in order, each `repeats` times; stats of each stage under its name."""
         context = LONE_STEP if context is None else context
         last_name = next(reversed(self.stages))
         stats: dict[str, Tensor] = {}
-        n_grad_evals = 0
+        cost = EvaluationCounts()
         owned = state.owned
         stage_state = state
         del state
         info = None
         for name, stage in self.stages.items():
-            stage_state = self._stage_view(stage_state, owned, name)
-            stage_context = attrs.evolve(context, last=context.last and name == last_name)
-            stage_state, info = stage.step(
-                stage_state, energy, generator=generator, context=stage_context
-            )
-            owned = self._stage_owned(stage_state, owned, name)
-            n_grad_evals += info.n_grad_evals
-            stats.update({f"{name}/{key}": value for key, value in info.named_stats().items()})
+            repeats = self.repeats.get(name, 1)
+            sums: dict[str, Tensor] = {}
+            counts: dict[str, int] = {}
+            for repeat in range(repeats):
+                stage_state = self._stage_view(stage_state, owned, name)
+                final = context.last and name == last_name and repeat == repeats - 1
+                stage_context = attrs.evolve(context, last=final)
+                stage_state, info = stage.step(
+                    stage_state, energy, generator=generator, context=stage_context
+                )
+                owned = self._stage_owned(stage_state, owned, name)
+                cost = cost + EvaluationCounts.of_step(info)
+                for key, value in info.named_stats().items():
+                    sums[key] = value if key not in sums else sums[key] + value
+                    counts[key] = counts.get(key, 0) + 1
+            for key, total in sums.items():
+                stats[f"{name}/{key}"] = total if counts[key] == 1 else total / counts[key]
         new_state = ChainState(
             x=stage_state.x,
             energy=stage_state.energy,
@@ -139,7 +235,9 @@ class Composite(MarkovKernel):
             acceptance_prob=None,
             accepted=None,
             step_size=info.step_size,
-            n_grad_evals=n_grad_evals,
+            n_grad_evals=cost.n_grad_evals,
+            n_energy_evals=cost.n_energy_evals,
+            n_flow_evals=cost.n_flow_evals,
             stats=stats,
         )
 

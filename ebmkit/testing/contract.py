@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ebmkit.initializers.persistent import Persistent
 from ebmkit.protocols import Energy, Sampler
-from ebmkit.records import ChainState, InitBatch, Round, SampleResult
+from ebmkit.records import ChainState, InitBatch, Round, SampleResult, StepInfo
 from ebmkit.testing.cases import SamplerCase, as_case
 from ebmkit.testing.fixtures import finished_round
 from ebmkit.testing.targets import F64, STANDARD_GAUSSIAN
@@ -72,8 +72,9 @@ def _result_differences(a: SampleResult, b: SampleResult) -> list[str]:
     for name in ("x", "acceptance_rate", "step_size", "energy_trace"):
         if not _same(getattr(a, name), getattr(b, name)):
             found.append(f"result.{name}: {_describe(getattr(a, name), getattr(b, name))}")
-    if a.n_grad_evals != b.n_grad_evals:
-        found.append(f"result.n_grad_evals: {a.n_grad_evals} vs {b.n_grad_evals}")
+    for name in ("n_grad_evals", "n_energy_evals", "n_flow_evals"):
+        if getattr(a, name) != getattr(b, name):
+            found.append(f"result.{name}: {getattr(a, name)} vs {getattr(b, name)}")
     for key in sorted(set(a.stats) | set(b.stats)):
         if not _same(a.stats.get(key), b.stats.get(key)):
             found.append(f"result.stats[{key!r}]: {_describe(a.stats.get(key), b.stats.get(key))}")
@@ -154,38 +155,51 @@ def check_continuation(
 ) -> None:
     """2N steps from x0 equal N steps, then N more continued through a `Persistent` bank.
 
-    One run of `2·n_steps`; and the same chains through
-    `Persistent(n_chains, start=x0, shuffle=False)`: `sample` a batch of every chain, run
-    `n_steps` from that InitBatch, `update` the bank, write and read its checkpoint
-    (`state_dict` through `torch.save` / `torch.load`), `sample` again and run `n_steps`
-    more with the same generator. The final x and state (E, ∇E, per-chain step sizes,
-    extras, every `owned` tensor, e.g. MALA's adapted step sizes and ages) must equal the
-    single run's bit for bit, and so must `result.step_size`. With an adaptive kernel, pick
-    its adaptation length between `n_steps` and `2·n_steps` so the carry-over is checked.
+    The bank is larger than the batch, as in training: `Persistent(2·n_chains,
+    shuffle=False)` drawn `n_chains` at a time, so the compared chains (the bank's second
+    half) first arrive with the "not set yet" entries the first half's update left for them
+    (NaN step sizes, 0 ages), which the kernel's `init` must resolve as a fresh start would.
+    Four draws, alternating halves: the other half runs `n_steps` with a generator of its
+    own (seeded ``seed + 1``), then the compared half `n_steps` with the compared chains'
+    generator (seeded `seed`), each followed by `update`; the bank's checkpoint is written
+    and read (`state_dict` through `torch.save` / `torch.load`) between the two rounds. So
+    the compared chains make exactly the random draws of one run of `2·n_steps` from their
+    start, and their final x and state (E, ∇E, per-chain step sizes, extras, every `owned`
+    tensor, e.g. MALA's adapted step sizes and ages) must equal that run's bit for bit, and
+    so must `result.step_size`. With an adaptive kernel, pick its adaptation length between
+    `n_steps` and `2·n_steps` so the carry-over is checked.
 
     Arguments:
         case: a SamplerCase or a bare sampler.
-        n_chains: the batch and bank size.
+        n_chains: the batch size (the bank holds twice as many).
         n_steps: N, the steps of each half.
-        seed: seeds the start and the generator.
+        seed: seeds the start and the generators.
 
     Raises:
         AssertionError: naming every field that differs.
     """
     case = as_case(case)
     sampler, energy = case.sampler, STANDARD_GAUSSIAN.energy
-    x0 = _spread_start(n_chains, seed)
-    whole = sampler.sample(energy, x0, 2 * n_steps, generator=torch.Generator().manual_seed(seed))
+    x0 = _spread_start(2 * n_chains, seed)
+    compared = x0[n_chains:]
+    whole = sampler.sample(
+        energy, compared, 2 * n_steps, generator=torch.Generator().manual_seed(seed)
+    )
 
     start = _FixedStart(x0)
-    bank = Persistent(n_chains=n_chains, start=start, shuffle=False)
-    generator = torch.Generator().manual_seed(seed)
-    batch = bank.sample(n_chains)
-    first = sampler.sample(energy, batch, n_steps, generator=generator)
-    bank.update(finished_round(1, batch, first))
-    bank = _reloaded(bank, start)
-    batch = bank.sample(n_chains)
-    second = sampler.sample(energy, batch, n_steps, generator=generator)
+    bank = Persistent(n_chains=2 * n_chains, start=start, shuffle=False)
+    generators = {
+        "other": torch.Generator().manual_seed(seed + 1),
+        "compared": torch.Generator().manual_seed(seed),
+    }
+    second = None
+    for index, half in enumerate(("other", "compared", "other", "compared"), start=1):
+        if index == 3:
+            bank = _reloaded(bank, start)
+        batch = bank.sample(n_chains)
+        result = sampler.sample(energy, batch, n_steps, generator=generators[half])
+        bank.update(finished_round(index, batch, result))
+        second = result if half == "compared" else second
 
     differences = state_differences(whole.state, second.state)
     for name in ("x", "step_size"):
@@ -196,16 +210,18 @@ def check_continuation(
     if differences:
         raise AssertionError(
             f"{case.label}: {2 * n_steps} steps differ from {n_steps} + {n_steps} continued "
-            f"through initializers.Persistent ({n_chains} chains, shuffle=False): "
+            f"through initializers.Persistent ({2 * n_chains} chains drawn {n_chains} at a "
+            f"time, shuffle=False; the compared chains first ran from 'not set yet' entries): "
             f"{'; '.join(differences)}"
         )
 
 
 class GradientCounter(nn.Module):
-    """E(x) = ½|x|² + w·x (x flattened, w a parameter), counting its gradient evaluations.
+    """E(x) = ½|x|² + w·x (x flattened, w a parameter), counting its evaluations.
 
-    Each evaluation whose output is differentiated (its gradient reaches the output) adds one
-    to `gradients`; evaluations nobody differentiates add to `evaluations` only.
+    Every evaluation adds one to `evaluations`; one whose output is differentiated (its
+    gradient reaches the output) adds one to `gradients` too. So the gradient evaluations
+    made are `gradients` and the energy-only ones `evaluations − gradients`.
 
     Arguments:
         dim: the number of coordinates per sample.
@@ -217,6 +233,11 @@ class GradientCounter(nn.Module):
         self.weight = nn.Parameter(torch.linspace(-1, 1, dim, dtype=dtype))
         self.evaluations = 0
         self.gradients = 0
+
+    @property
+    def energy_only(self) -> int:
+        """Evaluations nobody differentiated: `evaluations − gradients`."""
+        return self.evaluations - self.gradients
 
     def _count(self, grad: Tensor) -> None:
         self.gradients += 1
@@ -264,19 +285,26 @@ def _check_result(result: SampleResult, x0: Tensor, n_steps: int, energy: nn.Mod
 
 
 def check_contract(case: SamplerCase | Sampler, *, n_chains: int = 5, seed: int = 0) -> None:
-    """Shapes, no NaN, gradient counts, no graph by default, and foreign `owned` kept.
+    """Shapes, no NaN, honest costs, no graph by default, foreign `owned` kept, ∇E on demand.
 
-    On E(x) = ½|x|² + w·x with flat (B, 2) and image-shaped (B, 3, 4, 4) float32 chains:
+    On E(x) = ½|x|² + w·x (`GradientCounter`) with flat (B, 2) and image-shaped (B, 3, 4, 4)
+    float32 chains:
 
     - `sample` for 0, 1 and 3 steps: x keeps the start's shape and dtype, is finite, carries
       no graph (`differentiable=False`: no `requires_grad`, no `grad_fn`, no `.grad` on the
       parameters or the start); the trace has one finite entry per step; acceptance (if
       any) and stats are per-chain or scalar and finite; 0 steps returns the start.
-    - `result.n_grad_evals` equals the gradient evaluations actually made (counted on the
-      energy), the documented meaning of the count, for every number of steps.
+    - The costs are what the energy really did, `init` included, for every number of steps:
+      `result.n_grad_evals` equals the evaluations that were differentiated and
+      `result.n_energy_evals` the energy-only ones (`n_flow_evals` is the kernel's own
+      count of flow passes: non-negative, not checked against a flow here).
     - `differentiable=True` keeps the graph: a loss on the final x reaches the start.
     - A lone `step` (no context) from `init` hands on an `owned` entry it does not own
-      (`FOREIGN_OWNED`) unchanged, as a kernel inside `Composite` or a persistent bank must.
+      (`FOREIGN_OWNED`) unchanged, as a kernel inside `Composite` or a persistent bank must,
+      and its `StepInfo` counts what the energy did in it.
+    - A lone `step` from a state with E set but ∇E None (what a kernel moving in another
+      space, e.g. an independence MH move, may leave) gives finite chains of the right
+      shape, evaluating ∇E itself if it needs it, and counts that honestly.
 
     Arguments:
         case: a SamplerCase or a bare sampler.
@@ -299,11 +327,7 @@ def check_contract(case: SamplerCase | Sampler, *, n_chains: int = 5, seed: int 
             failures += [where + problem for problem in _check_result(result, x0, n_steps, energy)]
             if n_steps == 0 and not torch.equal(result.x, x0.detach()):
                 failures.append(where + "0 steps did not return the start")
-            if result.n_grad_evals != energy.gradients:
-                failures.append(
-                    f"{where}n_grad_evals = {result.n_grad_evals} but the energy was "
-                    f"differentiated {energy.gradients} times"
-                )
+            failures += [where + problem for problem in _check_counts(result, energy)]
         failures += _check_graph_and_lone_step(sampler, shape, n_chains, seed)
     if failures:
         label = as_case(case).label
@@ -328,11 +352,37 @@ def _check_graph_and_lone_step(
     state = sampler.init(x0.detach(), energy)
     mark = torch.arange(n_chains, dtype=torch.int64)
     state = attrs.evolve(state, owned={**state.owned, FOREIGN_OWNED: mark})
-    new_state, info = sampler.step(state, energy, generator=generator)
-    if FOREIGN_OWNED not in new_state.owned:
-        found.append(f"{shape}: a lone step dropped owned[{FOREIGN_OWNED!r}] (not its own)")
-    elif not torch.equal(new_state.owned[FOREIGN_OWNED], mark):
-        found.append(f"{shape}: a lone step changed owned[{FOREIGN_OWNED!r}]")
-    if new_state.x.shape != x0.shape or not torch.isfinite(new_state.x).all():
-        found.append(f"{shape}: a lone step gave x {tuple(new_state.x.shape)} or non-finite x")
+    without_grad = attrs.evolve(state, grad=None)
+    for start, what in ((state, "a lone step"), (without_grad, "a lone step from ∇E = None")):
+        counter = GradientCounter(dim)
+        try:
+            new_state, info = sampler.step(start, counter, generator=generator)
+        except Exception as error:  # a kernel that assumes ∇E is always there: say so
+            found.append(f"{shape}: {what} raised {error!r}")
+            continue
+        if FOREIGN_OWNED not in new_state.owned:
+            found.append(f"{shape}: {what} dropped owned[{FOREIGN_OWNED!r}] (not its own)")
+        elif not torch.equal(new_state.owned[FOREIGN_OWNED], mark):
+            found.append(f"{shape}: {what} changed owned[{FOREIGN_OWNED!r}]")
+        if new_state.x.shape != x0.shape or not torch.isfinite(new_state.x).all():
+            found.append(f"{shape}: {what} gave x {tuple(new_state.x.shape)} or non-finite x")
+        found += [f"{shape}: {what}: {problem}" for problem in _check_counts(info, counter)]
+    return found
+
+
+def _check_counts(record: SampleResult | StepInfo, energy: GradientCounter) -> list[str]:
+    """`record`'s costs against what `energy` counted (gradients, energy-only evaluations)."""
+    found = []
+    if record.n_grad_evals != energy.gradients:
+        found.append(
+            f"n_grad_evals = {record.n_grad_evals} but the energy was differentiated "
+            f"{energy.gradients} times"
+        )
+    if record.n_energy_evals != energy.energy_only:
+        found.append(
+            f"n_energy_evals = {record.n_energy_evals} but the energy was evaluated "
+            f"{energy.energy_only} times without a gradient"
+        )
+    if not (isinstance(record.n_flow_evals, int) and record.n_flow_evals >= 0):
+        found.append(f"n_flow_evals = {record.n_flow_evals!r}, not a count >= 0")
     return found
