@@ -26,15 +26,24 @@ class ChainState:
       Γ(x), a flow's log-density at x). A kernel that moves `x` drops every extra it does not
       recompute, and `init(x, energy, previous=...)` recomputes them from scratch.
     - `step_size` and `owned` belong to the *kernel*: adapted per-chain step sizes, a
-      chain's age, coordinates a kernel keeps for itself. They survive moves and are what a
-      persistent chain carries from one round to the next.
+      chain's age. They survive moves and are what a persistent chain carries from one
+      round to the next.
+
+    A coordinate that is a function of `x` and a learned map (a dual point y = ∇G(x), a flow
+    latent z = T⁻¹(x)) is not state that persists as is: the map changes between rounds, so
+    `init` re-derives it under the current map. Keep it as a cache in `extras`; or, where a
+    bit-identical continuation needs it carried, in `owned`, re-derived by `init` whenever
+    the map no longer reproduces `x` (T(z) ≠ x).
 
     Arguments:
         x: current positions, shape (B, ...).
         energy: E(x), shape (B,); None when not evaluated yet (the last state of an unadjusted
             run, which needs no gradient: `init(previous=...)` evaluates it when the chain
             continues).
-        grad: ∇ₓE(x), shape of `x`; None exactly when `energy` is None.
+        grad: ∇ₓE(x), shape of `x`; None when not evaluated: always when `energy` is None,
+            and possibly with `energy` set, after a kernel that moves without it (an
+            independence MH move scores E alone). A kernel that needs ∇E and finds None
+            evaluates it itself and counts that evaluation in its StepInfo.
         step_size: per-chain step sizes (B,) when a kernel adapts them, else None.
         extras: caches at `x` (dropped when `x` moves unless recomputed).
         owned: per-chain tensors (B, ...) the kernel owns and carries across moves and rounds.
@@ -98,10 +107,12 @@ class StepInfo:
         acceptance_prob: Metropolis–Hastings acceptance probabilities (B,), None if unadjusted.
         accepted: which chains moved (B,) bool, None if unadjusted.
         step_size: the step size used (scalar or (B,) tensor).
-        n_grad_evals: gradient evaluations this step cost (per chain batch).
+        n_grad_evals: gradient evaluations (E with ∇E, one batch each) this step cost,
+            including one the kernel made because the state it got had ∇E None.
         n_energy_evals: energy-only evaluations (no gradient) this step cost, e.g. an
             independence MH move scoring its proposal.
         n_flow_evals: flow passes (forward or inverse, one batch each) this step cost.
+            `MarkovKernel.sample` adds the three counts over the steps, `init` included.
         stats: further named diagnostics, scalar or (B,) tensors (e.g. ``global/acceptance``,
             ``local/acceptance``, ``solve/residual``); `sample` averages each over the run.
     """
@@ -134,9 +145,12 @@ class SampleResult:
         x: final positions (B, ...), detached (unless the run was differentiable).
         state: the last ChainState (to continue the chains).
         acceptance_rate: per-chain mean acceptance probability (B,), None if unadjusted.
-        n_grad_evals: gradient evaluations spent over the run (`init` included).
-        n_energy_evals: energy-only evaluations (no gradient) spent over the run.
-        n_flow_evals: flow passes spent over the run.
+        n_grad_evals: gradient evaluations spent over the run, `init` included (its cost is
+            the kernel's `init_cost`: one gradient for a kernel that evaluates E and ∇E, the
+            sum of the stages' for `samplers.Composite`).
+        n_energy_evals: energy-only evaluations (no gradient) spent over the run, `init`
+            included. Budgets compare the three counts side by side.
+        n_flow_evals: flow passes spent over the run, `init` included.
         energy_trace: mean energy of the chains at the start of each step, shape (n_steps,).
         step_size: the final step size (scalar or (B,) tensor).
         stats: each of the steps' `StepInfo.stats` averaged over the steps that reported it.

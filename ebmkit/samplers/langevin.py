@@ -106,10 +106,12 @@ class Langevin(MarkovKernel):
 
         The new state carries no extras (x moved, so every cache is stale) but keeps what
         other kernels own (`step_size`, `owned`), so Langevin composes with adaptive kernels.
+        A state without ∇E (E alone may be set, e.g. after an independence move) is
+        re-evaluated first: one more gradient, counted.
         """
         context = LONE_STEP if context is None else context
         n_grad_evals = 0
-        if state.grad is None:
+        if state.grad is None:  # evaluate E and ∇E here (E alone may be set: it is redone)
             state, n_grad_evals = self.init(state.x, energy, previous=state), 1
         step_size, owned = state.step_size, state.owned
         x = self.move(state, generator)

@@ -134,10 +134,14 @@ class MALA(MarkovKernel):
         generator: torch.Generator | None = None,
         context: StepContext | None = None,
     ) -> tuple[ChainState, StepInfo]:
-        """One MALA transition; adapts the step sizes of chains still in burn-in if allowed."""
+        """One MALA transition; adapts the step sizes of chains still in burn-in if allowed.
+
+        A state without ∇E (the final point of an unadjusted run, or one an independence
+        move left with E only) is re-evaluated first: one more gradient, counted.
+        """
         context = LONE_STEP if context is None else context
         n_grad_evals = 1
-        if state.grad is None:  # the final point of an unadjusted kernel: evaluate it here
+        if state.grad is None:  # evaluate E and ∇E here (E alone may be set: it is redone)
             state, n_grad_evals = self.init(state.x, energy, previous=state), 2
         elif state.step_size is None:  # a state another kernel made: MALA's own parts start
             state = attrs.evolve(state, step_size=self._initial_step_sizes(state.x))
