@@ -63,6 +63,10 @@ SCALAR_TAGS = {
     "sampler/step_size",
     "perf/samples_per_s",
     "metrics/grid_kl",
+    "metrics/mode_weight_error",
+    "metrics/mode_weight_max_error",
+    "metrics/density_mode_weight_error",
+    "metrics/density_mode_weight_max_error",
 }
 
 
@@ -142,6 +146,11 @@ def test_a_tiny_run_succeeds_and_prints_its_summary(finished: FinishedRun) -> No
     assert finished.summary["metrics"]["mmd"] == evaluations[-1]["metrics/mmd"]
     assert finished.summary["metrics"]["finite_fraction"] == 1.0
     assert set(finished.summary["metrics"]) >= {"grid_kl", "mmd", "sliced_wasserstein"}
+    # Mode weights of the samples and of the density exp(-E), both as sum and max of |w - w*|.
+    for key in ("mode_weight_error", "density_mode_weight_error"):
+        assert finished.summary["metrics"][key] == evaluations[-1][f"metrics/{key}"]
+    keys = {"mode_weight_max_error", "density_mode_weight_max_error", "density_mode_weight_7"}
+    assert set(finished.summary["metrics"]) >= keys
 
 
 def test_the_run_directory_holds_exactly_the_expected_outputs(finished: FinishedRun) -> None:

@@ -23,11 +23,13 @@ from ebmkit.data.toy import (
     TwoMoons,
 )
 from ebmkit.metrics.toy import (
+    density_mode_weights,
     energy_grid,
     grid_kl,
     log_likelihood,
     log_partition,
     mmd,
+    mode_weight_errors,
     mode_weights,
     sliced_wasserstein,
     toy_metrics,
@@ -355,6 +357,60 @@ def test_mode_weights_count_assignments_exactly() -> None:
     assert torch.equal(mode_weights(samples, mixture), torch.tensor([0.75, 0.0, 0.25]).double())
 
 
+def unbalanced(weights: tuple[float, float] = (0.2, 0.8)) -> GaussianMixture:
+    """The flow-MCMC reference's 2-D set: weight 0.2 at -(2, 2), 0.8 at (2, 2), sd 0.5."""
+    return GaussianMixture(
+        n_samples=10, means=((-2.0, -2.0), (2.0, 2.0)), stds=(0.5, 0.5), weights=weights
+    )
+
+
+def test_mode_weights_go_to_the_nearest_mean_not_the_likeliest_component() -> None:
+    mixture = unbalanced().mixture
+    # Just on the light mode's side of the bisector: the heavy mode is the likelier
+    # component there, but the region is the light mode's (the reference's partition).
+    point = torch.tensor([[-0.03, -0.03]])
+    assert int(mixture.assign(point)) == 1
+    assert mode_weights(point, mixture).tolist() == [1.0, 0.0]
+
+
+def test_mode_weight_errors_are_the_sum_and_the_max_of_the_gaps() -> None:
+    mixture = GaussianMixture(n_samples=10).mixture  # weights (0.5, 0.3, 0.2)
+    samples = mixture.means[[0, 0, 2, 0, 1, 1, 1, 1]] + 0.01  # weights (3/8, 4/8, 1/8)
+    estimated = mode_weights(samples, mixture)
+    total, largest = mode_weight_errors(estimated, mixture)
+    assert total == pytest.approx(abs(3 / 8 - 0.5) + abs(4 / 8 - 0.3) + abs(1 / 8 - 0.2))
+    assert largest == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    "dataset", [unbalanced(), EightGaussians(n_samples=10)], ids=["unbalanced", "eight"]
+)
+def test_density_mode_weights_of_the_exact_energy_are_the_true_weights(
+    dataset: ToyDataset,
+) -> None:
+    weights = density_mode_weights(exact_energy(dataset), dataset)
+    assert weights.shape == (dataset.mixture.n_components,) and weights.dtype == torch.float64
+    assert torch.allclose(weights, dataset.mixture.weights, atol=1e-3, rtol=0), weights
+
+
+def test_density_mode_weights_see_a_balanced_density_where_the_data_are_not() -> None:
+    dataset = unbalanced()
+    balanced = exact_energy(unbalanced((0.5, 0.5)))
+    weights = density_mode_weights(balanced, dataset)
+    total, largest = mode_weight_errors(weights, dataset.mixture)
+    assert total == pytest.approx(0.6, abs=0.01)
+    assert largest == pytest.approx(0.3, abs=0.005)
+    metrics = toy_metrics(balanced, dataset.sample(100), dataset, n_held_out=0)
+    assert metrics["density_mode_weight_error"] == pytest.approx(0.6, abs=0.01)
+    assert metrics["density_mode_weight_max_error"] == pytest.approx(0.3, abs=0.005)
+    assert metrics["density_mode_weight_0"] == pytest.approx(0.5, abs=0.005)
+
+
+def test_density_mode_weights_need_a_mixture_record() -> None:
+    with pytest.raises(ValueError, match="mixture record.*Rings"):
+        density_mode_weights(lambda x: 0.0 * x[:, 0], Rings(n_samples=10))
+
+
 # ---------------------------------------------------------------- toy_metrics
 
 
@@ -366,6 +422,9 @@ def test_toy_metrics_on_exact_model() -> None:
     )
     expected_keys = {"grid_kl", "finite_fraction", "mmd", "sliced_wasserstein"}
     expected_keys |= {f"mode_weight_{k}" for k in range(8)} | {"mode_weight_error"}
+    expected_keys |= {f"density_mode_weight_{k}" for k in range(8)}
+    expected_keys |= {"mode_weight_max_error", "density_mode_weight_error"}
+    expected_keys |= {"density_mode_weight_max_error"}
     expected_keys |= {"log_likelihood", "data_log_likelihood"}
     assert set(metrics) == expected_keys
     assert all(isinstance(value, float) for value in metrics.values())
@@ -373,7 +432,8 @@ def test_toy_metrics_on_exact_model() -> None:
     assert metrics["finite_fraction"] == 1.0
     assert abs(metrics["mmd"]) < 0.01
     assert metrics["sliced_wasserstein"] < 0.1
-    assert metrics["mode_weight_error"] < 5 * math.sqrt(0.125 * 0.875 / 2000)
+    assert metrics["mode_weight_max_error"] < 5 * math.sqrt(0.125 * 0.875 / 2000)
+    assert metrics["density_mode_weight_error"] < 1e-3
     assert math.isfinite(metrics["log_likelihood"])
     assert metrics["log_likelihood"] == pytest.approx(metrics["data_log_likelihood"], abs=1e-3)
 
@@ -393,6 +453,15 @@ def test_toy_metrics_log_likelihoods_show_the_gap_and_are_drawn_last() -> None:
     assert math.isnan(without.pop("log_likelihood"))
     assert math.isnan(without.pop("data_log_likelihood"))
     assert without == {k: v for k, v in metrics.items() if "log_likelihood" not in k}
+
+
+def test_toy_metrics_mode_weight_error_of_samples_is_the_hand_sum() -> None:
+    dataset = GaussianMixture(n_samples=10)  # weights (0.5, 0.3, 0.2)
+    samples = dataset.mixture.means[[0, 1, 1, 2, 2, 2, 2, 2, 2, 2]].float() + 0.05
+    metrics = toy_metrics(QuadraticEnergy(2.0), samples, dataset, resolution=40, n_held_out=0)
+    assert [metrics[f"mode_weight_{k}"] for k in range(3)] == pytest.approx([0.1, 0.2, 0.7])
+    assert metrics["mode_weight_error"] == pytest.approx(0.4 + 0.1 + 0.5)
+    assert metrics["mode_weight_max_error"] == pytest.approx(0.5)
 
 
 def test_toy_metrics_leaves_global_rng_alone_even_with_dropout() -> None:
@@ -453,6 +522,17 @@ def test_toy_metrics_with_no_finite_sample_and_no_mixture() -> None:
     assert math.isfinite(metrics["grid_kl"]) and metrics["grid_kl"] > 0
     # Held-out points come from the dataset, so the log-likelihoods need no model sample.
     assert metrics["log_likelihood"] < metrics["data_log_likelihood"]
+
+
+def test_without_finite_samples_only_the_density_mode_weights_remain() -> None:
+    dataset = unbalanced()
+    samples = torch.full((20, 2), math.nan)
+    metrics = toy_metrics(QuadraticEnergy(3.0), samples, dataset, resolution=40, n_held_out=0)
+    for key in ("mode_weight_0", "mode_weight_1", "mode_weight_error", "mode_weight_max_error"):
+        assert math.isnan(metrics[key]), key
+    # A symmetric energy: cells on the bisector split their mass, so the weights are equal.
+    assert metrics["density_mode_weight_0"] == pytest.approx(0.5, abs=1e-6)
+    assert metrics["density_mode_weight_error"] == pytest.approx(0.6, abs=1e-6)
 
 
 # ---------------------------------------------------------------- figure

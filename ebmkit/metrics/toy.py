@@ -1,4 +1,8 @@
-"""Metrics that score a 2-D energy and its samples against a toy set's exact density."""
+"""Metrics that score a 2-D energy and its samples against a toy set's exact density.
+
+In a run, the energy scored is the model's (`ebmkit.density`: the trained energy unless the
+trainer, its sampler or its initializer declares another, e.g. E − log λ or E/T).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,15 @@ from ebmkit.data.toy.base import _require_count
 
 __all__ = [
     "Energy",
+    "density_mode_weights",
     "energy_grid",
     "grid_kl",
     "log_likelihood",
     "log_partition",
     "mmd",
+    "mode_weight_errors",
     "mode_weights",
+    "nearest_mode",
     "sliced_wasserstein",
     "toy_metrics",
 ]
@@ -30,6 +37,8 @@ Energy = Callable[[Tensor], Tensor]
 _GRID_CHUNK = 65536
 # Most float64 elements of one block of pairwise kernel values in `mmd` (32 MiB).
 _KERNEL_BLOCK_ELEMENTS = 1 << 22
+# Relative gap of squared distances under which a grid cell is equidistant from two means.
+_TIE_TOLERANCE = 1e-9
 # Seed of the private generator metrics use when none is given (never the global RNG).
 _DEFAULT_SEED = 0
 # Held-out exact samples `log_likelihood` and `toy_metrics` draw by default (standard error of
@@ -137,7 +146,9 @@ def grid_kl(
         resolution: cells per side of the grid.
         temperature: T > 0, the temperature the model's samplers run at: a Langevin chain
             x - h*grad E + sigma*xi samples exp(-E/T) with T = sigma^2/(2h) (T = 1 for ULA's
-            sigma = sqrt(2h)), so an energy trained with it is scored at that T.
+            sigma = sqrt(2h)), so an energy trained with it is scored at that T. (A run
+            scores the model energy of `ebmkit.density` at T = 1; bind
+            `ebmkit.density.Tempered` as the trainer's `model_density` to score E/T there.)
     Returns:
         The KL divergence in nats.
 
@@ -335,11 +346,116 @@ def sliced_wasserstein(
     return math.sqrt(float(_squared_w2_sorted(x_sorted, y_sorted).mean()))
 
 
+def _squared_distances(x: Tensor, mixture: GaussianMixture2D) -> Tensor:
+    """|x_i - mu_k|^2 as (n, K) float64, summed term by term (mirror points tie exactly)."""
+    x = x.to(torch.float64)
+    return ((x[:, None, :] - mixture.means.to(x.device)[None, :, :]) ** 2).sum(dim=-1)
+
+
+def nearest_mode(x: Tensor, mixture: GaussianMixture2D) -> Tensor:
+    """Index (n,) int64 of the mixture mean nearest (Euclidean) each row of x (n, 2).
+
+    The partition of the flow-MCMC reference's mode weights ("the region nearest mu_k"): it
+    does not depend on the true weights or widths, so a model is not nudged towards them.
+    Ties go to the lower index.
+    """
+    return _squared_distances(x, mixture).argmin(dim=1)
+
+
 def mode_weights(samples: Tensor, mixture: GaussianMixture2D) -> Tensor:
-    """Fraction of samples (n, 2) assigned to each mixture component, as (K,) float64."""
+    """Fraction of samples (n, 2) nearest each mixture mean (`nearest_mode`), as (K,) float64.
+
+    Example:
+        >>> from ebmkit.data.toy import GaussianMixture
+        >>> mixture = GaussianMixture(n_samples=1, means=((-2, -2), (2, 2)), stds=(0.5, 0.5),
+        ...                           weights=(0.2, 0.8)).mixture
+        >>> mode_weights(torch.tensor([[-1.0, -2.0], [3.0, 1.0], [0.5, 0.5]]), mixture).tolist()
+        [0.3333333333333333, 0.6666666666666666]
+    """
     _check_samples("samples", samples, 1)
-    counts = torch.bincount(mixture.assign(samples).cpu(), minlength=mixture.n_components)
+    counts = torch.bincount(nearest_mode(samples, mixture).cpu(), minlength=mixture.n_components)
     return counts.to(torch.float64) / samples.shape[0]
+
+
+def mode_weight_errors(estimated: Tensor, mixture: GaussianMixture2D) -> tuple[float, float]:
+    """(sum_k |w_hat_k - w_k|, max_k |w_hat_k - w_k|) of estimated weights (K,) vs the true.
+
+    The sum is the flow-MCMC reference's measure (with two modes, 2 |w_hat_small - w_small|);
+    nan weights give nan.
+
+    Example:
+        >>> from ebmkit.data.toy import GaussianMixture
+        >>> mixture = GaussianMixture(n_samples=1, means=((-2, -2), (2, 2)), stds=(0.5, 0.5),
+        ...                           weights=(0.2, 0.8)).mixture
+        >>> [round(e, 12) for e in mode_weight_errors(torch.tensor([0.5, 0.5]), mixture)]
+        [0.6, 0.3]
+    """
+    gaps = (estimated.to(torch.float64).cpu() - mixture.weights).abs()
+    return float(gaps.sum()), float(gaps.max())
+
+
+def _density_mode_weights_from_energies(
+    points: Tensor, energies: Tensor, mixture: GaussianMixture2D
+) -> Tensor:
+    """`density_mode_weights` from the `energy_grid` output (points (n, 2), energies (n,)).
+
+    A cell centred on a boundary between regions (equidistant from two means, as on the
+    bisector of a symmetric pair) splits its mass equally between them, so a symmetric
+    density gets exactly symmetric weights.
+    """
+    mass = torch.softmax(-energies, dim=0)  # cells are equal, so the cell area cancels
+    distances = _squared_distances(points, mixture)
+    # Ties up to rounding: grid centres lo + (i + 1/2) step are symmetric only to ~1e-15.
+    closest = distances.min(dim=1, keepdim=True).values
+    nearest = (distances <= closest * (1 + _TIE_TOLERANCE)).to(torch.float64)
+    return (mass[:, None] * nearest / nearest.sum(dim=1, keepdim=True)).sum(dim=0)
+
+
+def density_mode_weights(energy: Energy, dataset: ToyDataset, resolution: int = 200) -> Tensor:
+    """Mass of the model density exp(-E) nearest each mixture mean, as (K,) float64.
+
+    exp(-E) is normalised over the cells of a `resolution`^2 grid on `dataset.bounds` and
+    each cell's mass goes to the mean nearest its centre (`nearest_mode`; split equally on a
+    tie): the flow-MCMC
+    reference's mode weights of a trained EBM, read from the density, never from chains
+    (which can hide an unbalanced density). Non-finite energies give nan.
+
+    Arguments:
+        energy: callable or nn.Module mapping (B, 2) to energies (B,).
+        dataset: toy set with a mixture record (`dataset.mixture`, e.g. EightGaussians).
+        resolution: cells per side of the grid.
+    Returns:
+        The weights (K,), summing to 1 over the grid.
+
+    Example:
+        >>> from ebmkit.data.toy import GaussianMixture
+        >>> data = GaussianMixture(n_samples=1, means=((-2, -2), (2, 2)), stds=(0.5, 0.5),
+        ...                        weights=(0.2, 0.8))
+        >>> weights = density_mode_weights(lambda x: -data.log_density(x), data)
+        >>> [round(w, 4) for w in weights.tolist()]
+        [0.2, 0.8]
+    """
+    mixture = dataset.mixture
+    if mixture is None:
+        raise ValueError(
+            f"density_mode_weights needs a dataset with a mixture record (means and weights), "
+            f"got {type(dataset).__name__}; use a mixture set, e.g. datasets.GaussianMixture"
+        )
+    points, energies = energy_grid(energy, dataset.bounds, resolution)
+    return _density_mode_weights_from_energies(points, energies, mixture)
+
+
+def _mode_weight_metrics(
+    prefix: str, estimated: Tensor | None, mixture: GaussianMixture2D
+) -> dict[str, float]:
+    """`<prefix>mode_weight_<k>`, `_error` (sum) and `_max_error`; nan when `estimated` is None."""
+    if estimated is None:
+        estimated = torch.full((mixture.n_components,), math.nan, dtype=torch.float64)
+    total, largest = mode_weight_errors(estimated, mixture)
+    metrics = {f"{prefix}mode_weight_{k}": w for k, w in enumerate(estimated.tolist())}
+    metrics[f"{prefix}mode_weight_error"] = total
+    metrics[f"{prefix}mode_weight_max_error"] = largest
+    return metrics
 
 
 def toy_metrics(
@@ -354,9 +470,15 @@ def toy_metrics(
     """All toy metrics for one energy and its samples, as a flat dict for logging.
 
     Keys: "grid_kl", "finite_fraction" (share of sample rows that are finite; the others are
-    dropped), "mmd" and "sliced_wasserstein" against fresh exact samples from the dataset, and
-    for Gaussian-mixture sets "mode_weight_<k>" per component plus "mode_weight_error" (largest
-    |estimated - true| weight). Sample-based entries are nan when no finite sample is left.
+    dropped), "mmd" and "sliced_wasserstein" against fresh exact samples from the dataset.
+    For sets with a mixture record: the samples' weights "mode_weight_<k>" (share of samples
+    nearest mean k), "mode_weight_error" = sum_k |w_hat_k - w_k| and "mode_weight_max_error"
+    = max_k |w_hat_k - w_k|; and the density's, "density_mode_weight_<k>" (mass of exp(-E)
+    nearest mean k on the grid of grid_kl, see `density_mode_weights`),
+    "density_mode_weight_error" (sum) and "density_mode_weight_max_error" (max). Chains can
+    look balanced while the density is not, so both are reported. (Before issue 13,
+    "mode_weight_error" was the max over modes; it is now the sum, the reference's measure.)
+    Sample-based entries are nan when no finite sample is left.
     "log_likelihood" is `log_likelihood` on `n_held_out` fresh exact samples and
     "data_log_likelihood" the dataset's exact mean log-density on the same points, the value
     the model approaches from below; both are nan when `n_held_out` is 0.
@@ -405,15 +527,10 @@ def toy_metrics(
         metrics["sliced_wasserstein"] = sliced_wasserstein(kept, reference, generator=generator)
     mixture = dataset.mixture
     if mixture is not None:
-        if kept.shape[0] >= 1:
-            estimated = mode_weights(kept, mixture)
-            error = float((estimated - mixture.weights).abs().max())
-        else:
-            estimated = torch.full((mixture.n_components,), math.nan, dtype=torch.float64)
-            error = math.nan
-        for k, weight in enumerate(estimated.tolist()):
-            metrics[f"mode_weight_{k}"] = weight
-        metrics["mode_weight_error"] = error
+        estimated = mode_weights(kept, mixture) if kept.shape[0] >= 1 else None
+        metrics.update(_mode_weight_metrics("", estimated, mixture))
+        density = _density_mode_weights_from_energies(points, energies, mixture)
+        metrics.update(_mode_weight_metrics("density_", density, mixture))
     metrics["log_likelihood"] = metrics["data_log_likelihood"] = math.nan
     if n_held_out >= 1:
         held_out = dataset.sample(n_held_out, generator)
