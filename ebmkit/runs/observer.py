@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ebmkit.checkpoint.files import save_checkpoint
 from ebmkit.checkpoint.rng import get_rng_state
+from ebmkit.density import model_energy_of
 from ebmkit.errors import DivergenceError
 from ebmkit.protocols import StepScalable
 from ebmkit.records import Round
@@ -184,10 +185,12 @@ class RunObserver:
         self._clock, self._rounds_since_log = time.perf_counter(), 0
 
     def _toy_metrics(self, trainer: Any, round: Round) -> dict[str, float]:
+        """The toy metrics of the model density (`ebmkit.density`'s hook) and the samples."""
         from ebmkit.metrics.toy import toy_metrics
 
         generator = torch.Generator().manual_seed(round.index)
-        return toy_metrics(trainer.energy, round.result.x.cpu(), trainer.dataset, generator)
+        energy = model_energy_of(trainer)
+        return toy_metrics(energy, round.result.x.cpu(), trainer.dataset, generator)
 
     def _pictures(self, trainer: Any, round: Round) -> None:
         samples = round.result.x.detach().cpu()
@@ -196,7 +199,7 @@ class RunObserver:
         if _is_toy(trainer.dataset) and samples.dim() == 2 and samples.shape[1] == 2:
             from ebmkit.tracking.plots import density_figure, save_figure
 
-            figure = density_figure(trainer.energy, samples, trainer.dataset)
+            figure = density_figure(model_energy_of(trainer), samples, trainer.dataset)
             self.logger.figure("samples/density", round.index, figure)
             save_figure(figure, folder / f"round-{round.index:08d}.png")
         elif samples.dim() == 4:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ebmkit.data.loader import ResumableLoader
+from ebmkit.density import EnergyFunction, resolve_model_energy
 from ebmkit.learnables import component_roots, find_learnables
 from ebmkit.protocols import Initializer, Learnable, RoundObserver, Sampler, Stateful
 from ebmkit.records import InitBatch, Round, SampleResult
@@ -66,6 +67,10 @@ class Contrastive:
     once; see `ebmkit.find_learnables`); each is moved to `device`, learns once per round,
     has its losses checked by the divergence guard and is saved under its path.
 
+    Metrics and pictures score the model's density through `model_energy()`, not `energy`:
+    `model_density` when bound, else the sampler's (then the initializer's) declared
+    `model_energy(energy)`, else the energy itself (see `ebmkit.density`).
+
     Arguments:
         energy: the energy network.
         sampler: the MCMC kernel producing negative samples.
@@ -85,6 +90,10 @@ class Contrastive:
         learnables: extra Learnables to update each round (besides those found in the
             sampler and initializer).
         learn_order: "after_energy_step" (default) or "before_energy_step".
+        model_density: a callable energy → energy giving the density the run is scored on
+            (e.g. `ebmkit.density.Tempered` for exp(−E/T), `FlowDensity` for a flow-only
+            baseline); it overrides what the sampler or initializer declares. None: those,
+            else the energy.
         seed: the data shuffle seed.
         device: where the energy, the chains and the Learnables live.
 
@@ -111,6 +120,9 @@ class Contrastive:
     blowup_window: int = attrs.field(default=50, validator=attrs.validators.ge(1))
     learnables: Sequence[Learnable] = ()
     learn_order: str = attrs.field(default="after_energy_step", validator=one_of(*LEARN_ORDERS))
+    model_density: Callable[[nn.Module], EnergyFunction] | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.is_callable())
+    )
     seed: int = 0
     device: str = "cpu"
     round_index: int = attrs.field(default=0, init=False)
@@ -137,6 +149,20 @@ class Contrastive:
     def learnable_roots(self) -> dict[str, Any]:
         """Where Learnables are looked for, in path order (the first path of a shared one wins)."""
         return component_roots(self.initializer, self.sampler, self.learnables)
+
+    def model_energy(self) -> EnergyFunction:
+        """The energy of the model density that metrics and pictures score.
+
+        `model_density(energy)` when bound; else the sampler's `model_energy(energy)` (the
+        density the chains target, e.g. E − log λ for a tilted flow-MCMC), else the
+        initializer's; else `energy` itself. Made afresh on each call (cheap), and meant to be
+        evaluated under `torch.no_grad` (the toy metrics do).
+        """
+        return resolve_model_energy(
+            self.energy,
+            model_density=self.model_density,
+            components=(("sampler", self.sampler), ("initializer", self.initializer)),
+        )
 
     # The phases -------------------------------------------------------------------------
 
