@@ -14,7 +14,9 @@ import ebmkit.runs.experiment  # noqa: F401 - defines the `experiment` configura
 from ebmkit.checkpoint.files import load_checkpoint
 from ebmkit.cli import main
 from ebmkit.errors import ConfigError
+from ebmkit.records import InitBatch
 from ebmkit.runs.draw import build_parts, parse_config_string
+from ebmkit.samplers.mala import MALA
 
 POINTS_CONFIG = """
 experiment.trainer = @trainers.Contrastive()
@@ -53,6 +55,16 @@ samplers.Langevin.noise_scale = 0.01
 samplers.Langevin.n_steps = 2
 initializers.Noise.shape = (1, 8, 8)
 """
+
+
+PERSISTENT_CONFIG = (
+    POINTS_CONFIG.replace("@samplers.Langevin()", "@samplers.MALA()")
+    .replace("@initializers.Replay()", "@initializers.Persistent()")
+    .replace("samplers.Langevin.", "samplers.MALA.")
+    .replace("initializers.Replay.noise", "initializers.Persistent.start")
+    .replace("initializers.Replay.capacity = 32", "initializers.Persistent.n_chains = 32")
+    .replace("initializers.Replay.reinit_prob = 0.0\n", "samplers.MALA.adapt_steps = 4\n")
+)
 
 
 def _train(tmp_path: Path, text: str, name: str) -> Path:
@@ -128,3 +140,28 @@ def test_sample_errors_are_one_clear_line(points_run, tmp_path, capsys):
 def test_an_operative_config_naming_an_unknown_component_says_so():
     with pytest.raises(ConfigError, match="cannot rebuild the run from the test config"):
         parse_config_string("experiment.trainer = @trainers.Nope()", origin="the test config")
+
+
+def test_persistent_chains_are_sampled_with_their_state(tmp_path, monkeypatch):
+    """`ebmkit sample` hands the sampler the whole InitBatch: chains of a persistent bank
+    continue with the adapted step sizes the checkpoint holds, not from scratch."""
+    run = _train(tmp_path, PERSISTENT_CONFIG, "persistent")
+    bank = load_checkpoint(run / "checkpoints" / "round-00000002.pt")["components"]["initializer"]
+    starts = []
+    original = MALA.sample
+
+    def recording(self, energy, start, n_steps=None, **options):
+        starts.append(start)
+        return original(self, energy, start, n_steps, **options)
+
+    monkeypatch.setattr(MALA, "sample", recording)
+    assert _sample(run, tmp_path / "out", "--n", "20", "--steps", "2") == 0
+    assert [len(start.x) for start in starts] == [16, 4]
+    for start in starts:
+        assert isinstance(start, InitBatch) and start.state is not None
+        assert torch.equal(start.x, bank["positions"][start.indices])
+        assert torch.equal(start.state.step_size, bank["step_sizes"][start.indices])
+        assert torch.equal(start.state.owned["age"], bank["owned"]["age"][start.indices])
+    # The two training rounds ran chains 0-15, then 16-31, 3 adapting steps each.
+    assert bank["step_sizes"].isfinite().all() and (bank["step_sizes"] != 0.01).all()
+    assert bank["owned"]["age"].eq(3).all()

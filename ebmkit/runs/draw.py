@@ -178,7 +178,12 @@ def draw_samples(
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Tensor:
-    """`n` samples on the CPU: the initializer's starts run through the sampler, in batches."""
+    """`n` samples on the CPU: the initializer's starts run through the sampler, in batches.
+
+    The sampler gets the whole InitBatch (on the run's device), not only its `x`: chains from
+    a persistent bank continue with their state (adapted step sizes, owned tensors), a flow
+    start keeps its latents, as in training.
+    """
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     steps = n_steps if n_steps is not None else parts.n_steps
@@ -187,7 +192,7 @@ def draw_samples(
     for start in range(0, n, size):
         count = min(size, n - start)
         init = parts.initializer.sample(count)
-        result = parts.sampler.sample(parts.energy, init.x.to(parts.device), steps)
+        result = parts.sampler.sample(parts.energy, init.to(parts.device), steps)
         chunks.append(result.x.detach().cpu())
         if progress is not None:
             progress(start + count)
