@@ -30,9 +30,17 @@ class Persistent:
     of the current pass, without replacement (a pass visits every chain once, reshuffled
     each pass; a batch that straddles two passes never holds a chain twice), and hands over
     their `ChainState`s, so the sampler keeps what its kernel owns (MALA's adapted step
-    sizes and ages, a mirror kernel's coordinates) and recomputes E, ∇E and every cache on
-    the current energy. `update` writes the final states back. The bank, the pass order
-    and the position are part of every checkpoint: a resumed run draws the same chains.
+    sizes and ages, the per-stage entries of `samplers.Composite`) and recomputes E, ∇E and
+    every cache on the current energy. `update` writes the final states back. The bank,
+    the pass order and the position are part of every checkpoint: a resumed run draws the
+    same chains.
+
+    A coordinate that is a function of x and a learned map (a mirror kernel's dual point
+    y = ∇G(x), a flow latent z = T⁻¹(x)) does not persist as is: the map is trained between
+    rounds, so the kernel's `init` re-derives it under the current map. It is a cache in
+    `extras` (not stored here), or, where a bit-identical continuation needs it carried, an
+    `owned` tensor stored here that `init` re-derives whenever the map no longer reproduces
+    the chain's x.
 
     How it differs from `Replay` (the IGEBM / JEM buffer): Replay draws slots *with*
     replacement, restarts a fraction from noise and stores positions only, so a chain may
