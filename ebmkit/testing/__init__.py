@@ -60,6 +60,17 @@ from ebmkit.testing.contract import (
     state_differences,
 )
 from ebmkit.testing.fixtures import FLOWERS_COLOURS, finished_round, write_flowers102
+from ebmkit.testing.flows import (
+    ANY_SHAPE,
+    FLOW_CASES_METHOD,
+    RegisteredFlowCase,
+    check_flow_invertible,
+    check_flow_logdet,
+    check_flow_sampling_reproducible,
+    check_flow_save_load,
+    flow_round,
+    registered_flow_cases,
+)
 from ebmkit.testing.statistics import (
     Z_MAX,
     MixtureReport,
@@ -81,9 +92,11 @@ from ebmkit.testing.targets import (
 )
 
 __all__ = [
+    "ANY_SHAPE",
     "CASES_METHOD",
     "FAR_START",
     "FLOWERS_COLOURS",
+    "FLOW_CASES_METHOD",
     "FOREIGN_OWNED",
     "STANDARD_GAUSSIAN",
     "STANDARD_MIXTURE",
@@ -95,17 +108,24 @@ __all__ = [
     "MixtureTarget",
     "MomentReport",
     "RegisteredCase",
+    "RegisteredFlowCase",
     "SamplerCase",
     "as_case",
     "check_continuation",
     "check_contract",
+    "check_flow_invertible",
+    "check_flow_logdet",
+    "check_flow_sampling_reproducible",
+    "check_flow_save_load",
     "check_gaussian_moments",
     "check_mixture",
     "check_moment_power",
     "check_reproducible",
     "finished_round",
+    "flow_round",
     "gaussian_moment_report",
     "langevin_moments",
+    "registered_flow_cases",
     "registered_sampler_cases",
     "state_differences",
     "ula_stationary_covariance",
