@@ -203,6 +203,9 @@ def test_metrics_jsonl_holds_one_valid_json_line_per_log(finished: FinishedRun) 
     assert [line["round"] for line in scalars] == [1, 2, 3, 4, 5]
     for line in scalars:
         assert line["sampler/step_size"] == float(np.float32(STEP_SIZE))
+        # Langevin's budget: one gradient at init and one per step but the last.
+        assert (line["sampler/grad_evals"], line["sampler/energy_evals"]) == (3.0, 0.0)
+        assert line["sampler/flow_evals"] == 0.0
         assert line["loss/contrastive"] == -line["energy/gap"]
         total = np.float32(line["loss/contrastive"]) + np.float32(line["loss/regulariser"])
         assert np.float32(line["loss/total"]) == total

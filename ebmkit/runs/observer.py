@@ -168,6 +168,11 @@ class RunObserver:
             "energy/gap": round.energy_gap,
             **round.losses,
             "sampler/step_size": result.step_size.float().mean(),
+            # The round's budget per chain batch: gradients, energy-only evaluations and flow
+            # passes counted apart, so methods compare at equal cost.
+            "sampler/grad_evals": float(result.n_grad_evals),
+            "sampler/energy_evals": float(result.n_energy_evals),
+            "sampler/flow_evals": float(result.n_flow_evals),
             "perf/samples_per_s": self._rounds_since_log * trainer.batch_size / max(elapsed, 1e-9),
         }
         if result.acceptance_rate is not None:
