@@ -17,6 +17,7 @@ from ebmkit.hookspecs import hookimpl
 from ebmkit.learnables import LearnableModule, find_learnables
 from ebmkit.protocols import (
     Energy,
+    Flow,
     Initializer,
     Learnable,
     RoundObserver,
@@ -35,7 +36,7 @@ from ebmkit.records import (
     StepInfo,
 )
 from ebmkit.registry import Registry, components, create, get_registry, reset_registry
-from ebmkit.samplers.base import MarkovKernel, kept_from_previous
+from ebmkit.samplers.base import EvaluationCounts, MarkovKernel, initialize, kept_from_previous
 from ebmkit.samplers.moves import (
     batch_view,
     clip_gradient,
@@ -50,7 +51,10 @@ from ebmkit.samplers.validators import check_clamp
 __version__ = "0.1.0"
 
 __all__ = [
+    "EvaluationCounts",
+    "Flow",
     "LearnableModule",
+    "initialize",
     "RoundObserver",
     "find_learnables",
     "LONE_STEP",

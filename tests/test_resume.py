@@ -13,6 +13,7 @@ import torch
 from helpers import (
     TOY_GIN,
     checkpoint,
+    first_difference,
     metrics_lines,
     on_sys_path,
     run_cli,
@@ -35,48 +36,6 @@ pytestmark = pytest.mark.usefixtures("builtin_registry")
 
 BATCH = 32
 N_SAMPLES = 96  # three batches an epoch: the runs below cross epoch boundaries
-
-
-def first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    """The first key path where two nested states differ, or None if they are identical.
-
-    Tensors must match in type, dtype, shape and every bit (torch.equal); dicts in their
-    keys; lists and tuples in length; everything else with ==.
-    """
-    where = path or "<root>"
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
-            return f"{where}: tensor vs {type(b if isinstance(a, torch.Tensor) else a).__name__}"
-        if a.dtype != b.dtype or a.shape != b.shape:
-            return f"{where}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
-        return None if torch.equal(a, b) else f"{where}: tensor values differ"
-    if isinstance(a, dict) or isinstance(b, dict):
-        if not (isinstance(a, dict) and isinstance(b, dict)) or list(a) != list(b):
-            keys = lambda x: list(x) if isinstance(x, dict) else type(x).__name__  # noqa: E731
-            return f"{where}: keys {keys(a)} vs {keys(b)}"
-        for key in a:
-            found = first_difference(a[key], b[key], f"{path}[{key!r}]")
-            if found is not None:
-                return found
-        return None
-    if isinstance(a, list | tuple) or isinstance(b, list | tuple):
-        if type(a) is not type(b) or len(a) != len(b):
-            return f"{where}: {type(a).__name__} of {_len(a)} vs {type(b).__name__} of {_len(b)}"
-        for index, (x, y) in enumerate(zip(a, b, strict=True)):
-            found = first_difference(x, y, f"{path}[{index}]")
-            if found is not None:
-                return found
-        return None
-    return None if type(a) is type(b) and a == b else f"{where}: {_short(a)} vs {_short(b)}"
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 2 :]}"
-
-
-def _len(value: Any) -> str:
-    return str(len(value)) if isinstance(value, list | tuple) else "-"
 
 
 def write_config(folder: Path, name: str, lines: Sequence[str]) -> Path:

@@ -65,6 +65,15 @@ class Affine(FlowModule):
         self.off_diagonal = nn.Parameter(torch.zeros(int(dim), int(dim)))
 
     @classmethod
+    def testing_cases(cls) -> list[FlowModule]:
+        """A 3-D flow with a random full covariance (seeded; the global RNG is untouched)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            factor = torch.randn(3, 3)
+            covariance = factor @ factor.T + 0.5 * torch.eye(3)
+            return [cls.from_gaussian(torch.randn(3), covariance)]
+
+    @classmethod
     def from_gaussian(cls, mean: Tensor, covariance: Tensor, **settings: object) -> Affine:
         """The affine flow whose density is exactly N(mean, covariance) (Cholesky factor)."""
         factor = torch.linalg.cholesky(covariance)
@@ -132,6 +141,18 @@ class ElementwiseAffine(FlowModule):
         shape = () if self.event_shape is None else self.event_shape
         self.loc = nn.Parameter(torch.full(shape, float(loc)))
         self.log_scale = nn.Parameter(torch.full(shape, float(scale)).log())
+
+    @classmethod
+    def testing_cases(cls) -> list[FlowModule]:
+        """Per-coordinate parameters on (2, 3), and scalar ones on any shape (checked on
+        `ebmkit.testing.ANY_SHAPE`); seeded, away from the identity."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            shaped = cls(event_shape=(2, 3))
+            with torch.no_grad():
+                shaped.loc.normal_()
+                shaped.log_scale.normal_(std=0.5)
+        return [shaped, cls(event_shape=None, loc=1.0, scale=2.0)]
 
     def _logdet(self, x: Tensor) -> Tensor:
         per_coordinate = self.log_scale.to(x.dtype).expand(x.shape[1:])
