@@ -15,6 +15,8 @@ from ebmkit.samplers.composite import Composite
 from ebmkit.validators import one_of
 from ebmkit_flow_mcmc.densities import (
     TiltedEnergy,
+    check_flow,
+    check_flow_shape,
     default_local_sampler,
     flow_validator,
     testing_flow,
@@ -29,6 +31,8 @@ __all__ = ["GLOBAL_MOVES", "FlowMCMC"]
 
 GLOBAL_MOVES = ("imh", "isir")
 """The global moves: independent Metropolis–Hastings (`FlowIMH`) or i-SIR (`ISIR`)."""
+
+COMPONENT = "samplers.FlowMCMC"
 
 
 def _is_sampler(instance: object, attribute: attrs.Attribute, value: object) -> None:
@@ -85,7 +89,7 @@ class FlowMCMC(Composite):
          'local/step_size']
     """
 
-    flow: object = attrs.field(validator=flow_validator("samplers.FlowMCMC"))
+    flow: object = attrs.field(validator=flow_validator(COMPONENT))
     local: Sampler = attrs.field(factory=default_local_sampler, validator=_is_sampler)
     global_move: str = attrs.field(default="imh", validator=one_of(*GLOBAL_MOVES))
     local_steps: int = attrs.field(
@@ -100,6 +104,7 @@ class FlowMCMC(Composite):
 
     @stages.default
     def _build_stages(self) -> dict[str, Sampler]:
+        check_flow(self.flow, COMPONENT)  # before the stages do, so the error names FlowMCMC
         if self.global_move == "isir":
             move: Sampler = ISIR(flow=self.flow, n_particles=self.n_particles)
         else:
@@ -146,6 +151,7 @@ class FlowMCMC(Composite):
         self, x: Tensor, energy: Energy, *, previous: ChainState | None = None
     ) -> tuple[ChainState, EvaluationCounts]:
         """Composite's `init` on the target energy; the tilt's flow passes counted."""
+        check_flow_shape(self.flow, x, COMPONENT)
         target = self.target_energy(energy)
         before = _calls(target)
         state, cost = super().init_with_cost(x, target, previous=previous)

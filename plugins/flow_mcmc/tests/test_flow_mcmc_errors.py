@@ -1,0 +1,91 @@
+"""Bad input gives one clear error naming the component and the fix (issue 13, "Bad input"):
+a flow whose dimension does not match the data, a non-finite flow output, a flow with a
+stochastic density, something that is not a flow, a bad setting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from flow_mcmc_fixtures import F64
+
+from ebmkit import DivergenceError
+from ebmkit.flows import Affine, ElementwiseAffine
+from ebmkit.samplers.mala import MALA
+from ebmkit_flow_mcmc import ISIR, FlowIMH, FlowMCMC, NeutraMCMC
+
+KERNELS = {
+    "samplers.FlowIMH": FlowIMH,
+    "samplers.ISIR": ISIR,
+    "samplers.FlowMCMC": FlowMCMC,
+    "samplers.NeutraMCMC": NeutraMCMC,
+}
+
+
+def gaussian(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x.flatten(1).square().sum(1)
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_a_flow_of_another_dimension_is_refused_naming_the_fix(name: str) -> None:
+    sampler = KERNELS[name](flow=Affine(dim=3).freeze())
+    with pytest.raises(ValueError) as error:
+        sampler.sample(gaussian, torch.zeros(4, 2), 2)
+    message = str(error.value)
+    assert "flows.Affine" in message and "(3,)" in message and "(2,)" in message
+    assert "flows.Affine.dim = 2" in message
+    assert name in message
+
+
+class BrokenInverse(ElementwiseAffine):
+    """An affine flow whose inverse overflows to inf on some rows."""
+
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, logdet = super().inverse(z)
+        return torch.where(z[:, :1] > 1.0, math.inf, x), logdet
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_a_non_finite_flow_output_stops_the_run_naming_the_flow(name: str) -> None:
+    flow = BrokenInverse(event_shape=None, loc=0.0, scale=1.0).freeze()
+    with_local = name in ("samplers.FlowMCMC", "samplers.NeutraMCMC")
+    sampler = KERNELS[name](flow=flow, **({"local": MALA(step_size=0.5)} if with_local else {}))
+    start = torch.full((64, 2), 2.0, dtype=F64)  # NeutraMCMC: latents 2 > 1 map to inf
+    with pytest.raises(DivergenceError) as error:
+        sampler.sample(gaussian, start, 20, generator=torch.Generator().manual_seed(0))
+    message = str(error.value)
+    assert "flows.BrokenInverse" in message and "non-finite" in message
+    assert "learning rate" in message  # the fix
+
+
+class StochasticDensity(ElementwiseAffine):
+    exact_log_prob = False
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_a_stochastic_density_flow_is_refused(name: str) -> None:
+    flow = StochasticDensity(event_shape=None)
+    with pytest.raises(ValueError) as error:
+        KERNELS[name](flow=flow)
+    message = str(error.value)
+    assert name in message and "exact_log_prob = False" in message
+    assert "flows.RealNVP" in message  # what to use instead
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_something_that_is_not_a_flow_is_refused(name: str) -> None:
+    with pytest.raises(TypeError, match=f"{name}.flow must be a flow"):
+        KERNELS[name](flow=torch.nn.Linear(2, 2))
+
+
+def test_bad_settings_are_refused() -> None:
+    flow = ElementwiseAffine(event_shape=None).freeze()
+    with pytest.raises(ValueError, match="global_move must be one of"):
+        FlowMCMC(flow=flow, global_move="mala")
+    with pytest.raises(ValueError, match="local_steps"):
+        FlowMCMC(flow=flow, local_steps=0)
+    with pytest.raises(ValueError, match="n_particles"):
+        ISIR(flow=flow, n_particles=1)
+    with pytest.raises(TypeError, match="samplers.FlowMCMC.local must be a sampler"):
+        FlowMCMC(flow=flow, local=MALA)
