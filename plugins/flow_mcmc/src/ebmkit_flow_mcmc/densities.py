@@ -28,12 +28,12 @@ from ebmkit import (
     ChainState,
     DivergenceError,
     Energy,
+    EvaluationCounts,
     batch_view,
     is_differentiable,
     kept_from_previous,
 )
 from ebmkit.flows import standard_normal_log_prob
-from ebmkit.samplers.base import EvaluationCounts
 from ebmkit.samplers.mala import MALA
 
 __all__ = [

@@ -9,8 +9,15 @@ import attrs
 import torch
 from torch import Tensor
 
-from ebmkit import ChainState, Energy, Sampler, StepContext, StepInfo, StepScalable
-from ebmkit.samplers.base import EvaluationCounts
+from ebmkit import (
+    ChainState,
+    Energy,
+    EvaluationCounts,
+    Sampler,
+    StepContext,
+    StepInfo,
+    StepScalable,
+)
 from ebmkit.samplers.composite import Composite
 from ebmkit.validators import one_of
 from ebmkit_flow_mcmc.densities import (

@@ -12,13 +12,13 @@ from torch import Tensor
 from ebmkit import (
     ChainState,
     Energy,
+    EvaluationCounts,
     MarkovKernel,
     StepContext,
     StepInfo,
     metropolis_accept,
     select_chains,
 )
-from ebmkit.samplers.base import EvaluationCounts
 from ebmkit_flow_mcmc.densities import (
     LATENT,
     LOG_PROB,

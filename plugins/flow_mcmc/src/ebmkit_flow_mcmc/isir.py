@@ -12,11 +12,11 @@ from torch import Tensor
 from ebmkit import (
     ChainState,
     Energy,
+    EvaluationCounts,
     MarkovKernel,
     StepContext,
     StepInfo,
 )
-from ebmkit.samplers.base import EvaluationCounts
 from ebmkit_flow_mcmc.densities import (
     LATENT,
     LOG_PROB,

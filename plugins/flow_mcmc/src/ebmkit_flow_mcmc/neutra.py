@@ -11,15 +11,16 @@ from torch import Tensor
 from ebmkit import (
     ChainState,
     Energy,
+    EvaluationCounts,
     MarkovKernel,
     Sampler,
     StepContext,
     StepInfo,
     StepScalable,
+    initialize,
     kept_from_previous,
     select_chains,
 )
-from ebmkit.samplers.base import EvaluationCounts, initialize
 from ebmkit_flow_mcmc.densities import (
     LATENT,
     check_finite_output,
