@@ -130,6 +130,29 @@ def test_model_energy_is_e_minus_log_lambda_with_tilt() -> None:
     assert FlowMCMC(flow=flow).model_energy(energy_function) is energy_function
 
 
+def test_a_run_with_tilt_scores_the_tilted_model() -> None:
+    from ebmkit.initializers.noise import Noise
+    from ebmkit.trainers.contrastive import Contrastive
+
+    flow = off_centre()
+    energy = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Flatten(0))
+    data = torch.randn(16, 2)
+    x = torch.randn(5, 2)
+    for tilt, expected in ((True, energy(x) - flow.log_prob(x)), (False, energy(x))):
+        trainer = Contrastive(
+            energy=energy,
+            sampler=FlowMCMC(flow=flow, tilt=tilt),
+            initializer=Noise(shape=(2,)),
+            dataset=data,
+            batch_size=8,
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(trainer.model_energy()(x), expected.detach())
+        # the flow is the user's Learnable: found once, under the sampler, trained by the trainer
+        assert list(trainer.all_learnables) == ["sampler.flow"]
+        assert trainer.all_learnables["sampler.flow"] is flow
+
+
 # --------------------------------------------------------------------------------------
 # Honest costs
 
