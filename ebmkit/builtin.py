@@ -13,6 +13,7 @@ from ebmkit.commands import CommandTable
 from ebmkit.data import images
 from ebmkit.data.digits import digits
 from ebmkit.data.toy import TOY_DATASETS
+from ebmkit.density import FlowDensity, Tempered
 from ebmkit.energies.conv import ConvEnergy
 from ebmkit.energies.mlp import MLPEnergy
 from ebmkit.energies.resnet import ResNetEnergy
@@ -131,8 +132,12 @@ def auto_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-# A plain gin configurable (not a component): module-level code runs once per process.
+# Plain gin configurables (not components): module-level code runs once per process.
 gin.external_configurable(auto_device, name="auto_device", module="ebmkit")
+# The model densities a run may be scored on (`trainers.Contrastive.model_density`):
+# `@ebmkit.Tempered()` for E/T, `@ebmkit.FlowDensity()` for a flow-only baseline's −log q.
+gin.external_configurable(Tempered, name="Tempered", module="ebmkit")
+gin.external_configurable(FlowDensity, name="FlowDensity", module="ebmkit")
 
 IMAGE_DATASETS = {
     "CIFAR10": images.cifar10,

@@ -192,3 +192,20 @@ def test_a_declared_model_energy_is_what_metrics_and_pictures_score(tmp_path, mo
     x = trainer.dataset.sample(4)
     assert len(drawn) == 1
     torch.testing.assert_close(drawn[0](x), -trainer.dataset.log_density(x).float())
+
+
+def test_a_config_scores_the_run_at_a_temperature_through_ebmkit_tempered() -> None:
+    from pathlib import Path
+
+    from ebmkit.config import build_configured
+
+    config = Path(__file__).resolve().parents[1] / "gin" / "langevin_eight_gaussians.gin"
+    bindings = [
+        "trainers.Contrastive.model_density = @ebmkit.Tempered()",
+        "ebmkit.Tempered.temperature = 0.5",
+    ]
+    trainer = build_configured(config, "trainers.Contrastive", bindings)
+    x = torch.randn(6, 2)
+    with torch.no_grad():
+        expected = trainer.energy(x).reshape(6) / 0.5
+        torch.testing.assert_close(trainer.model_energy()(x), expected)
