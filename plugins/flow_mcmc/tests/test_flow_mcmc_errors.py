@@ -1,6 +1,6 @@
 """Bad input gives one clear error naming the component and the fix (issue 13, "Bad input"):
-a flow whose dimension does not match the data, a non-finite flow output, a flow with a
-stochastic density, something that is not a flow, a bad setting."""
+a flow whose dimension does not match the data, a non-finite or non-invertible flow output, a
+flow with a stochastic density, something that is not a flow, a bad setting."""
 
 from __future__ import annotations
 
@@ -89,3 +89,23 @@ def test_bad_settings_are_refused() -> None:
         ISIR(flow=flow, n_particles=1)
     with pytest.raises(TypeError, match="samplers.FlowMCMC.local must be a sampler"):
         FlowMCMC(flow=flow, local=MALA)
+
+
+class _Folding(ElementwiseAffine):
+    """Not a bijection: its inverse folds x = |loc + scale·z| (forward ignores the fold)."""
+
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, logdet = super().inverse(z)
+        return x.abs(), logdet
+
+
+def test_a_non_invertible_flow_is_refused_by_neutra_naming_the_flow() -> None:
+    folding = _Folding(event_shape=None, loc=0.0, scale=1.0).freeze()
+    sampler = NeutraMCMC(flow=folding, local=MALA(step_size=0.1))
+    x = torch.linspace(-2, 2, 8).reshape(4, 2)  # negative coordinates do not come back
+    with pytest.raises(ValueError, match=r"NeutraMCMC: its flow .* is not invertible") as caught:
+        sampler.sample(lambda x: 0.5 * x.square().sum(1), x, 2)
+    assert "ebmkit.testing.check_flow_invertible" in str(caught.value)
+    assert "inverse_tolerance" in str(caught.value)
+    # the same flow on chains where it is invertible (x ≥ 0) passes the check
+    sampler.sample(lambda x: 0.5 * x.square().sum(1), x.abs() + 0.5, 2)

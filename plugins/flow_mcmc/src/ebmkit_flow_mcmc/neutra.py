@@ -103,13 +103,17 @@ class NeutraMCMC(MarkovKernel):
 
     Costs: the local kernel's gradient evaluations of Ũ (each one gradient of E through T,
     one flow pass), plus one flow pass per step to map z back to x; `init` adds one or two
-    flow passes (T⁻¹(x), and T(z) for a carried z).
+    flow passes (T⁻¹(x), and T(z) for a carried z), plus one for the inverse check.
 
     Arguments:
         flow: T, an exact flow (``exact_log_prob`` True), referenced, never trained here.
         local: the kernel run on the latent target (default: MALA from step 0.01, adapted
             toward acceptance 0.75 during the first 500 moves).
         n_steps: default number of steps for `sample`.
+        inverse_tolerance: `init` checks that T(T⁻¹(x)) reproduces the chains it re-derives
+            within this (relative to 1 + |x|), one more flow pass, and raises naming the
+            flow when it does not (a non-invertible flow would move the chains without an MH
+            step noticing); None skips the check.
 
     References:
         Hoffman, Sountsov, Dillon, Langmore, Tran & Vasudevan (2019), NeuTra-lizing bad
@@ -124,12 +128,15 @@ class NeutraMCMC(MarkovKernel):
         >>> sampler = NeutraMCMC(flow=flow, local=MALA(step_size=0.1))
         >>> result = sampler.sample(lambda x: 0.5 * x.square().sum(1), torch.zeros(4, 2), 10)
         >>> result.n_grad_evals, result.n_flow_evals
-        (11, 22)
+        (11, 23)
     """
 
     flow: object = attrs.field(validator=flow_validator("samplers.NeutraMCMC"))
     local: Sampler = attrs.field(factory=default_local_sampler)
     n_steps: int = attrs.field(default=100, validator=attrs.validators.ge(0))
+    inverse_tolerance: float | None = attrs.field(
+        default=1e-3, validator=attrs.validators.optional(attrs.validators.gt(0.0))
+    )
 
     component = "samplers.NeutraMCMC"
 
@@ -161,7 +168,7 @@ class NeutraMCMC(MarkovKernel):
     def init_with_cost(
         self, x: Tensor, energy: Energy, *, previous: ChainState | None = None
     ) -> tuple[ChainState, EvaluationCounts]:
-        """`init` and its cost: one or two flow passes plus the local kernel's `init`."""
+        """`init` and its cost: one to three flow passes plus the local kernel's `init`."""
         step_size, owned = kept_from_previous(x, previous)
         check_flow_shape(self.flow, x, self.component)
         carried = owned.get(LATENT)
@@ -177,6 +184,9 @@ class NeutraMCMC(MarkovKernel):
                 logdet = torch.where(same, carried_logdet, logdet)
                 passes = 2
         check_finite_output(z, "latent T⁻¹(x) of the chains", self.flow, self.component)
+        if self.inverse_tolerance is not None:
+            self._check_inverse(x, z)
+            passes += 1
         local_owned, others = _split_owned(owned)
         view = ChainState(x=z, energy=None, grad=None, step_size=step_size, owned=local_owned)
         latent_energy = LatentEnergy(energy, self.flow)
@@ -184,6 +194,23 @@ class NeutraMCMC(MarkovKernel):
         state = self._outer(x, logdet, local_state, others)
         cost = local_cost + EvaluationCounts(n_flow_evals=passes + latent_energy.calls)
         return state, cost
+
+    def _check_inverse(self, x: Tensor, z: Tensor) -> None:
+        """ValueError naming the flow when T(z) does not give back x (z = T⁻¹(x) re-derived)."""
+        with torch.no_grad():
+            back, _ = self.flow.inverse(z.detach())
+            check_finite_output(back, "image T(T⁻¹(x)) of the chains", self.flow, self.component)
+            error = ((back - x.detach()).abs() / (1 + x.detach().abs())).flatten(1).amax(1)
+        worst = float(error.max())
+        if not worst <= self.inverse_tolerance:
+            rows = int((error > self.inverse_tolerance).sum())
+            raise ValueError(
+                f"{self.component}: its flow {flow_name(self.flow)} is not invertible at the "
+                f"chains: T(T⁻¹(x)) misses x by up to {worst:.3g} (relative) on {rows} of "
+                f"{x.shape[0]} chains, tolerance {self.inverse_tolerance}; use a bijective "
+                f"flow (check it with ebmkit.testing.check_flow_invertible), run it in "
+                f"float64, or raise samplers.NeutraMCMC.inverse_tolerance"
+            )
 
     def _outer(
         self, x: Tensor, logdet: Tensor, local: ChainState, others: dict[str, Tensor]
