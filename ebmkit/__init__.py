@@ -37,6 +37,9 @@ from ebmkit.records import (
 )
 from ebmkit.registry import Registry, components, create, get_registry, reset_registry
 from ebmkit.samplers.base import EvaluationCounts, MarkovKernel, initialize, kept_from_previous
+from ebmkit.samplers.composite import Composite
+from ebmkit.samplers.langevin import Langevin
+from ebmkit.samplers.mala import MALA
 from ebmkit.samplers.moves import (
     batch_view,
     clip_gradient,
@@ -47,11 +50,16 @@ from ebmkit.samplers.moves import (
     ula_noise_scale,
 )
 from ebmkit.samplers.validators import check_clamp
+from ebmkit.validators import one_of
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Composite",
     "EvaluationCounts",
+    "Langevin",
+    "MALA",
+    "one_of",
     "Flow",
     "LearnableModule",
     "initialize",

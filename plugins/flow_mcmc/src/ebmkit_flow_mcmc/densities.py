@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ebmkit import (
+    MALA,
     ChainState,
     DivergenceError,
     Energy,
@@ -34,7 +35,6 @@ from ebmkit import (
     kept_from_previous,
 )
 from ebmkit.flows import standard_normal_log_prob
-from ebmkit.samplers.mala import MALA
 
 __all__ = [
     "LATENT",

@@ -11,15 +11,15 @@ from torch import Tensor
 
 from ebmkit import (
     ChainState,
+    Composite,
     Energy,
     EvaluationCounts,
     Sampler,
     StepContext,
     StepInfo,
     StepScalable,
+    one_of,
 )
-from ebmkit.samplers.composite import Composite
-from ebmkit.validators import one_of
 from ebmkit_flow_mcmc.densities import (
     TiltedEnergy,
     check_flow,
@@ -87,7 +87,7 @@ class FlowMCMC(Composite):
 
     Example:
         >>> from ebmkit.flows import ElementwiseAffine
-        >>> from ebmkit.samplers.mala import MALA
+        >>> from ebmkit import MALA
         >>> flow = ElementwiseAffine(event_shape=None, loc=0.5, scale=1.5).freeze()
         >>> sampler = FlowMCMC(flow=flow, local=MALA(step_size=0.2), local_steps=2)
         >>> result = sampler.sample(lambda x: 0.5 * x.square().sum(1), torch.zeros(4, 2), 10)
@@ -128,7 +128,7 @@ class FlowMCMC(Composite):
         and i-SIR (N = 4) + 1 MALA move adapting during 15 moves (between the continuation
         check's N = 10 and 2N steps, so adapted step sizes and ages are carried over). The
         defaults (5 local moves of MALA from 0.01) are checked by the plugin's tests."""
-        from ebmkit.samplers.mala import MALA
+        from ebmkit import MALA
         from ebmkit.testing import SamplerCase
 
         imh = cls(flow=testing_flow(), local=MALA(step_size=0.2), local_steps=2)

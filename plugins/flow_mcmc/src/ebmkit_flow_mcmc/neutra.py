@@ -123,7 +123,7 @@ class NeutraMCMC(MarkovKernel):
 
     Example:
         >>> from ebmkit.flows import ElementwiseAffine
-        >>> from ebmkit.samplers.mala import MALA
+        >>> from ebmkit import MALA
         >>> flow = ElementwiseAffine(event_shape=None, loc=0.5, scale=1.5).freeze()
         >>> sampler = NeutraMCMC(flow=flow, local=MALA(step_size=0.1))
         >>> result = sampler.sample(lambda x: 0.5 * x.square().sum(1), torch.zeros(4, 2), 10)
@@ -145,7 +145,7 @@ class NeutraMCMC(MarkovKernel):
         """Exact cases with the off-centre flow 0.5 + 1.5·z: latent MALA at step 0.1 (about
         0.2 in x), and the same adapting for 15 steps (the continuation check's N = 10 < 15
         < 2N, so adapted step sizes and ages are carried over)."""
-        from ebmkit.samplers.mala import MALA
+        from ebmkit import MALA
         from ebmkit.testing import SamplerCase
 
         adaptive = MALA(step_size=0.1, adapt_steps=15)
