@@ -125,3 +125,23 @@ def test_unbalanced_configs_spend_the_same_gradients_per_round(
     assert (scalars[-1]["sampler/energy_evals"] > 0) == flow
     final = [line for line in lines if "metrics/density_mode_weight_error" in line][-1]
     assert 0 <= final["metrics/density_mode_weight_error"] <= 2
+
+
+def test_a_gin_singleton_flow_shared_by_two_components_learns_and_is_saved_once(
+    tmp_path: Path,
+) -> None:
+    shared = [
+        "SHARED = @shared/singleton()",
+        "shared/singleton.constructor = @flows.RealNVP",
+        "initializers.Flow.flow = %SHARED",
+        "trainers.Contrastive.learnables = [%SHARED]",
+        "trainers.Contrastive.batch_size = 32",
+        "experiment.eval_every = 100",
+    ]
+    run("coopflow_eight_gaussians.gin", tmp_path / "run", 2, shared)
+    saved = checkpoint(tmp_path / "run", 2)["learnables"]
+    assert list(saved) == ["initializer.flow"]  # the first path; not again as learnables.0
+    steps = {
+        int(state["step"]) for state in saved["initializer.flow"]["optimizer"]["state"].values()
+    }
+    assert steps == {2}  # one Adam step per round, not two
