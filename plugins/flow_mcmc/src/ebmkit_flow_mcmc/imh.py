@@ -2,18 +2,15 @@ r"""Independent Metropolis–Hastings with a flow as the proposal (flow-MCMC's g
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import attrs
 import torch
-from torch import Tensor
 
 from ebmkit import (
     ChainState,
     Energy,
     EvaluationCounts,
-    MarkovKernel,
     StepContext,
     StepInfo,
     metropolis_accept,
@@ -24,15 +21,13 @@ from ebmkit_flow_mcmc.densities import (
     LOG_PROB,
     cached_scores,
     energy_only,
-    flow_name,
     flow_validator,
     graph_switch,
-    no_step_size,
     propose,
-    scored_init,
     split_tilt,
     testing_flow,
 )
+from ebmkit_flow_mcmc.independence import IndependenceMove
 
 if TYPE_CHECKING:
     from ebmkit.testing import SamplerCase
@@ -41,7 +36,7 @@ __all__ = ["FlowIMH"]
 
 
 @attrs.define(kw_only=True)
-class FlowIMH(MarkovKernel):
+class FlowIMH(IndependenceMove):
     """Independent Metropolis–Hastings: propose from the flow, accept by the exact MH ratio.
 
     Each step, every chain draws z ~ N(0, I) from the generator, proposes x' = T(z) with
@@ -92,16 +87,6 @@ class FlowIMH(MarkovKernel):
 
         return [SamplerCase(name="off-centre", sampler=cls(flow=testing_flow()), exact=True)]
 
-    def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
-        """Chains at `x` with E(x) and log λ(x) cached (no gradient)."""
-        return self.init_with_cost(x, energy, previous=previous)[0]
-
-    def init_with_cost(
-        self, x: Tensor, energy: Energy, *, previous: ChainState | None = None
-    ) -> tuple[ChainState, EvaluationCounts]:
-        """`init` and its cost: one energy-only evaluation and one or two flow passes."""
-        return scored_init(self.flow, x, energy, previous, self.component)
-
     def step(
         self,
         state: ChainState,
@@ -135,25 +120,5 @@ class FlowIMH(MarkovKernel):
             extras={LOG_PROB: torch.where(accepted, proposal_log_prob, log_prob)},
             owned={**state.owned, LATENT: select_chains(accepted, z.to(x.dtype), latent)},
         )
-        info = StepInfo(
-            acceptance_prob=acceptance_prob,
-            accepted=accepted,
-            step_size=no_step_size(x),
-            n_grad_evals=0,
-            n_energy_evals=cost.n_energy_evals,
-            n_flow_evals=cost.n_flow_evals,
-            stats={"flow_evals": torch.tensor(float(cost.n_flow_evals), device=x.device)},
-        )
+        info = self.move_info(acceptance_prob, accepted, cost, x)
         return new_state, info
-
-    def current_step_size(self) -> float:
-        """NaN: an independence move has no step size."""
-        return math.nan
-
-    def scale_step_size(self, factor: float) -> None:
-        """Refused: an independence move has no step to shrink."""
-        raise ValueError(
-            f"{self.component} proposes from its flow ({flow_name(self.flow)}), so it has "
-            f"no step size to scale (factor {factor}); roll back with a smaller step only "
-            f"through a kernel that has one (e.g. samplers.FlowMCMC scales its local stage)"
-        )

@@ -13,7 +13,6 @@ from ebmkit import (
     ChainState,
     Energy,
     EvaluationCounts,
-    MarkovKernel,
     StepContext,
     StepInfo,
 )
@@ -22,15 +21,13 @@ from ebmkit_flow_mcmc.densities import (
     LOG_PROB,
     cached_scores,
     energy_only,
-    flow_name,
     flow_validator,
     graph_switch,
-    no_step_size,
     propose,
-    scored_init,
     split_tilt,
     testing_flow,
 )
+from ebmkit_flow_mcmc.independence import IndependenceMove
 
 if TYPE_CHECKING:
     from ebmkit.testing import SamplerCase
@@ -69,7 +66,7 @@ def _take(candidates: list[Tensor], index: Tensor) -> Tensor:
 
 
 @attrs.define(kw_only=True)
-class ISIR(MarkovKernel):
+class ISIR(IndependenceMove):
     """i-SIR: the current state and N − 1 flow proposals, one picked by importance weight.
 
     Each step, every chain draws N − 1 proposals x_j = T(z_j), z_j ~ N(0, I), keeps its
@@ -120,16 +117,6 @@ class ISIR(MarkovKernel):
         sampler = cls(flow=testing_flow(), n_particles=4)
         return [SamplerCase(name="off-centre-4", sampler=sampler, exact=True)]
 
-    def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
-        """Chains at `x` with E(x) and log λ(x) cached (no gradient)."""
-        return self.init_with_cost(x, energy, previous=previous)[0]
-
-    def init_with_cost(
-        self, x: Tensor, energy: Energy, *, previous: ChainState | None = None
-    ) -> tuple[ChainState, EvaluationCounts]:
-        """`init` and its cost: one energy-only evaluation and one or two flow passes."""
-        return scored_init(self.flow, x, energy, previous, self.component)
-
     def step(
         self,
         state: ChainState,
@@ -178,25 +165,5 @@ class ISIR(MarkovKernel):
             extras={LOG_PROB: _take(log_probs, index)},
             owned={**state.owned, LATENT: _take(latents, index)},
         )
-        info = StepInfo(
-            acceptance_prob=(1 - normalised[:, 0]).to(x.dtype),
-            accepted=moved,
-            step_size=no_step_size(x),
-            n_grad_evals=0,
-            n_energy_evals=cost.n_energy_evals,
-            n_flow_evals=cost.n_flow_evals,
-            stats={"flow_evals": torch.tensor(float(cost.n_flow_evals), device=x.device)},
-        )
+        info = self.move_info((1 - normalised[:, 0]).to(x.dtype), moved, cost, x)
         return new_state, info
-
-    def current_step_size(self) -> float:
-        """NaN: an independence move has no step size."""
-        return math.nan
-
-    def scale_step_size(self, factor: float) -> None:
-        """Refused: an independence move has no step to shrink."""
-        raise ValueError(
-            f"{self.component} proposes from its flow ({flow_name(self.flow)}), so it has "
-            f"no step size to scale (factor {factor}); roll back with a smaller step only "
-            f"through a kernel that has one (e.g. samplers.FlowMCMC scales its local stage)"
-        )
