@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -22,7 +23,8 @@ def run_config(
     """Train `config` (plus `bindings`, seed `seed`) for `rounds` into `out`, one thread.
 
     Returns the last logged value of every metrics.jsonl key (toy metrics, the round's
-    budget ``sampler/grad_evals`` ...) and ``seconds``, the run's wall time.
+    budget ``sampler/grad_evals`` ...) and ``seconds``, the run's wall time; a run the
+    divergence guard stopped returns ``{"diverged": round}`` (its error is printed).
     """
     argv = [EBMKIT, "run", config, "--out", str(out), "--rounds", str(rounds)]
     for binding in [*bindings, f"experiment.seed = {seed}"]:
@@ -32,7 +34,12 @@ def run_config(
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"{config} seed {seed} failed:\n{done.stderr[-3000:]}")
+        message = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+        stopped = re.match(r"ebmkit: error: round (\d+):", message)
+        if stopped is None:
+            raise RuntimeError(f"{config} seed {seed} failed:\n{done.stderr[-3000:]}")
+        print(f"{config} seed {seed}: {message}", file=sys.stderr)
+        return {"diverged": float(stopped.group(1)), "seconds": seconds}
     last: dict[str, float] = {}
     for line in (out / "metrics.jsonl").read_text().splitlines():
         last.update(json.loads(line))

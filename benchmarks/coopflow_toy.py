@@ -49,12 +49,22 @@ def main() -> None:
     print(f"| method | {names} | grid KL per seed | gradients / round | s per run |")
     print("|---|" + "---|" * (len(KEYS) + 3))
     for name in ROWS:
-        runs = [results[(name, seed)] for seed in args.seeds]
+        every = [results[(name, seed)] for seed in args.seeds]
+        runs = [run for run in every if "diverged" not in run]
+        if not runs:
+            print(f"| {name} | every seed diverged |" + " |" * (len(KEYS) + 2))
+            continue
         cells = " | ".join(mean_sd([run[key] for run in runs]) for key in KEYS.values())
-        per_seed = ", ".join(f"{run['metrics/grid_kl']:.3f}" for run in runs)
+        per_seed = ", ".join(
+            f"diverged (round {run['diverged']:.0f})"
+            if "diverged" in run
+            else f"{run['metrics/grid_kl']:.3f}"
+            for run in every
+        )
         seconds = statistics.fmean(run["seconds"] for run in runs)
         grads = runs[0]["sampler/grad_evals"]
         print(f"| {name} | {cells} | {per_seed} | {grads:.0f} | {seconds:.0f} |")
+    print("\nA diverged run (stopped by the divergence guard) is left out of the mean ± sd.")
 
 
 if __name__ == "__main__":
