@@ -28,3 +28,18 @@ def test_langevin_overhead_quick_prints_one_row_per_workload(no_trim: bool) -> N
         assert len(cells) == 12
         assert float(cells[-1]) == 0.0  # both loops gave the same samples
     assert ("trimming off" in done.stdout) is no_trim
+
+
+@pytest.mark.slow
+def test_flow_mcmc_mixing_quick_prints_every_row_and_flow_mcmc_crosses() -> None:
+    command = [sys.executable, str(BENCHMARKS / "flow_mcmc_mixing.py"), "--quick", "--dims", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| 1 |")]
+    assert [row[1] for row in rows] == [
+        "flow-MCMC, fixed off-centre proposal",
+        "flow-MCMC, RealNVP trained along the way",
+        "MALA, h = 0.1",
+        "ULA, h = 0.05",
+    ]
+    assert [row[2] for row in rows[:2]] == ["yes", "yes"]  # flow-MCMC reaches 0.2 ± 0.05
+    assert rows[2][2] == "no"  # MALA does not within its (quick) cap of 2000 gradients
