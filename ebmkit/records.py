@@ -210,6 +210,9 @@ class Round:
         losses: scalar tensors logged for this round (energy loss, regulariser, ...).
         energy: the energy the chains ran on, by reference (e.g. for a flow's reverse-KL
             loss); a Learnable reads it from here and never keeps it as a child module.
+        epoch: the data loader's epoch (0-based) that `x_data` came from; a scheduler
+            stepped per epoch (`scheduler_interval="epoch"`) steps when it advances. None
+            when the trainer does not say (such a scheduler then refuses to step).
     """
 
     index: int
@@ -220,6 +223,7 @@ class Round:
     energy_model: Tensor
     losses: dict[str, Tensor] = attrs.field(factory=dict)
     energy: Any = None
+    epoch: int | None = None
 
     @property
     def energy_gap(self) -> Tensor:

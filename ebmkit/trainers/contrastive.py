@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ebmkit.data.loader import ResumableLoader
 from ebmkit.density import EnergyFunction, resolve_model_energy
 from ebmkit.learnables import component_roots, find_learnables
+from ebmkit.learnables.module import SCHEDULER_INTERVALS, SchedulerFactory, step_per_epoch
 from ebmkit.protocols import Initializer, Learnable, RoundObserver, Sampler, Stateful
 from ebmkit.records import InitBatch, Round, SampleResult
 from ebmkit.trainers.guard import BlowupGuard, check_learnable, check_round
@@ -30,6 +31,7 @@ class RoundWork:
     Arguments:
         index: the round's 1-based number.
         x_data: the data batch (phase "data").
+        epoch: the loader's epoch `x_data` came from (phase "data").
         init: the chains' start (phase "initializer").
         result: the sampler's result (phase "sampler").
         energy_data, energy_model: E at data and samples, on the graph (phase "energy_loss").
@@ -40,6 +42,7 @@ class RoundWork:
 
     index: int
     x_data: Tensor | None = None
+    epoch: int | None = None
     init: InitBatch | None = None
     result: SampleResult | None = None
     energy_data: Tensor | None = None
@@ -69,7 +72,14 @@ class Contrastive:
 
     Metrics and pictures score the model's density through `model_energy()`, not `energy`:
     `model_density` when bound, else the sampler's (then the initializer's) declared
-    `model_energy(energy)`, else the energy itself (see `ebmkit.density`).
+    `model_energy(energy)`, else the energy itself (see `ebmkit.density`). With
+    `energies.Tempered` as the energy, the energy itself is E/T: the run is scored on
+    exp(−E/T), the density its chains target, with no binding.
+
+    The energy's optimizer may have an LR scheduler, stepped after every energy step
+    (``scheduler_interval = "round"``) or once per epoch of the data loader (``"epoch"``,
+    before the step of the first round whose data batch is from a new epoch; the round's
+    `Round.epoch` says which, so a Learnable's epoch scheduler steps at the same rounds).
 
     Arguments:
         energy: the energy network.
@@ -83,6 +93,11 @@ class Contrastive:
             EBM choice (no first-moment smoothing of a noisy contrastive gradient).
         alpha: weight of the energy-magnitude regulariser (IGEBM's L2 on energies).
         grad_clip: clip the parameters' gradient norm to this value (None: off).
+        scheduler: a factory optimizer → LR scheduler for the energy's optimizer (None: a
+            constant learning rate); in gin a reference without parentheses,
+            ``trainers.Contrastive.scheduler = @torch.optim.lr_scheduler.ExponentialLR``,
+            with ``torch.optim.lr_scheduler.ExponentialLR.gamma = 0.998``.
+        scheduler_interval: "round" (default) or "epoch" (of the data loader).
         max_energy_gap: the divergence guard also stops when |gap| exceeds this.
         blowup_factor: the guard also stops when |gap| or the parameter-gradient norm
             exceeds this multiple of its running median (None: off); see `BlowupGuard`.
@@ -113,6 +128,10 @@ class Contrastive:
     weight_decay: float = 0.0
     alpha: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
     grad_clip: float | None = None
+    scheduler: SchedulerFactory | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.is_callable())
+    )
+    scheduler_interval: str = attrs.field(default="round", validator=one_of(*SCHEDULER_INTERVALS))
     max_energy_gap: float | None = None
     blowup_factor: float | None = attrs.field(
         default=1e3, validator=attrs.validators.optional(attrs.validators.gt(1.0))
@@ -127,6 +146,8 @@ class Contrastive:
     device: str = "cpu"
     round_index: int = attrs.field(default=0, init=False)
     optimizer: torch.optim.Optimizer = attrs.field(init=False)
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = attrs.field(init=False)
+    scheduler_epoch: int = attrs.field(default=0, init=False)
     loader: ResumableLoader = attrs.field(init=False)
     all_learnables: dict[str, Learnable] = attrs.field(init=False)
     blowup: BlowupGuard = attrs.field(init=False)
@@ -139,6 +160,7 @@ class Contrastive:
             betas=self.betas,
             weight_decay=self.weight_decay,
         )
+        self.lr_scheduler = None if self.scheduler is None else self.scheduler(self.optimizer)
         self.loader = ResumableLoader(self.dataset, self.batch_size, seed=self.seed)
         self.blowup = BlowupGuard(factor=self.blowup_factor, window=self.blowup_window)
         self.all_learnables = find_learnables(self.learnable_roots(), skip=[self.energy])
@@ -182,8 +204,9 @@ class Contrastive:
         return phases
 
     def draw_data(self, work: RoundWork) -> None:
-        """Phase "data": the next data batch."""
+        """Phase "data": the next data batch and the loader's epoch it came from."""
         work.x_data = next(self.loader).to(self.device)
+        work.epoch = self.loader.epoch
 
     def start_chains(self, work: RoundWork) -> None:
         """Phase "initializer": where the chains start (and any states to continue)."""
@@ -217,10 +240,12 @@ class Contrastive:
             energy_model=energy_model.detach(),
             losses=work.losses,
             energy=self.energy,
+            epoch=work.epoch,
         )
 
     def energy_step(self, work: RoundWork) -> None:
-        """Phase "energy_step": backward, clip, divergence guard, the optimizer's step."""
+        """Phase "energy_step": backward, clip, divergence guard, the optimizer's step (and
+        the scheduler's: per epoch before it, per round after it)."""
         self.optimizer.zero_grad(set_to_none=True)  # also drops what a Learnable left there
         work.loss.backward()
         parameters = [p for p in self.energy.parameters() if p.grad is not None]
@@ -240,7 +265,15 @@ class Contrastive:
             grad_norm,
             self.blowup,
         )
+        scheduler = self.lr_scheduler
+        if scheduler is not None and self.scheduler_interval == "epoch":
+            owner = "trainers.Contrastive (the energy's optimizer)"
+            self.scheduler_epoch = step_per_epoch(
+                scheduler, self.scheduler_epoch, work.round, owner
+            )
         self.optimizer.step()
+        if scheduler is not None and self.scheduler_interval == "round":
+            scheduler.step()
         work.loss = None  # the graph is no longer needed
 
     def learn(self, work: RoundWork) -> None:
@@ -294,11 +327,15 @@ class Contrastive:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """The trainer's whole state: energy, optimizer, loader, components, Learnables, round."""
+        """The trainer's whole state: energy, optimizer (and its scheduler), loader, components,
+        Learnables, round."""
+        scheduler = self.lr_scheduler
         return {
             "round": self.round_index,
             "energy": self.energy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "scheduler_epoch": self.scheduler_epoch,
             "loader": self.loader.state_dict(),
             "components": {n: p.state_dict() for n, p in self.stateful_components().items()},
             "learnables": {p: part.state_dict() for p, part in self.all_learnables.items()},
@@ -320,9 +357,18 @@ class Contrastive:
                 f"config's are at {sorted(self.all_learnables) or 'no path'}; resume with "
                 f"the config the run was started with"
             )
+        saved_scheduler = state.get("scheduler")  # checkpoints before schedulers have none
+        if saved_scheduler is not None and self.lr_scheduler is None:
+            raise ValueError(
+                "the checkpoint holds an LR scheduler for the energy's optimizer but this config "
+                "builds none; bind the same trainers.Contrastive.scheduler to resume"
+            )
         self.round_index = state["round"]
         self.energy.load_state_dict(state["energy"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if saved_scheduler is not None:
+            self.lr_scheduler.load_state_dict(saved_scheduler)
+        self.scheduler_epoch = int(state.get("scheduler_epoch", 0))
         self.loader.load_state_dict(state["loader"])
         for name, part in parts.items():
             part.load_state_dict(state["components"][name])
