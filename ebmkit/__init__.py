@@ -4,6 +4,7 @@ The public API: plugins import only what is re-exported here.
 """
 
 from ebmkit.autograd import differentiable_chains, energy_and_grad, is_differentiable
+from ebmkit.energies.tempered import TemperedEnergy
 from ebmkit.errors import (
     CheckpointError,
     ConfigError,
@@ -90,6 +91,7 @@ __all__ = [
     "Stateful",
     "StepScalable",
     "StepInfo",
+    "TemperedEnergy",
     "Trainer",
     "UnknownComponentError",
     "batch_view",

@@ -18,6 +18,7 @@ from ebmkit.energies.conv import ConvEnergy
 from ebmkit.energies.mlp import MLPEnergy
 from ebmkit.energies.resnet import ResNetEnergy
 from ebmkit.energies.shortrun import ShortRunConvNet
+from ebmkit.energies.tempered import TemperedEnergy
 from ebmkit.flows import register_flows
 from ebmkit.hookspecs import hookimpl
 from ebmkit.initializers.data import Data
@@ -113,6 +114,7 @@ def ebmkit_register(registry: Registry) -> None:
     registry.add("sampler", "Composite", Composite)
     registry.add("energy", "MLP", MLPEnergy)
     registry.add("energy", "Conv", ConvEnergy)
+    registry.add("energy", "Tempered", TemperedEnergy)
     registry.add("trainer", "Contrastive", Contrastive)
     for name, dataset in TOY_DATASETS.items():
         registry.add("dataset", name, dataset)
