@@ -43,6 +43,7 @@ __all__ = [
     "base_noise",
     "cached_scores",
     "check_finite_output",
+    "check_log_density",
     "check_flow",
     "check_flow_shape",
     "current_log_prob",
@@ -51,6 +52,7 @@ __all__ = [
     "flow_name",
     "flow_validator",
     "graph_switch",
+    "inside_support",
     "no_step_size",
     "propose",
     "scored_init",
@@ -164,6 +166,27 @@ def check_finite_output(value: Tensor, what: str, flow: object, component: str) 
     return value
 
 
+def check_log_density(value: Tensor, what: str, flow: object, component: str) -> Tensor:
+    """`value`, or DivergenceError like `check_finite_output` when an entry is NaN or +∞.
+
+    −∞ is a valid log-density at the chains: a flow with bounded support (`flows.Glow`'s
+    logit pre-processing) gives it where a local move or the initial noise put a chain
+    outside that support. An independence move from there is then never accepted (its ratio
+    λ(x)/λ(x') is 0) and i-SIR keeps the chain, while the local moves go on.
+    """
+    bad = torch.isnan(value) | torch.isposinf(value)
+    if bool(bad.any()):
+        rows = int(bad.reshape(value.shape[0], -1).any(1).sum())
+        raise DivergenceError(
+            f"{component}: its flow {flow_name(flow)} gave a NaN or +inf {what} ({rows} of "
+            f"{value.shape[0]} chains)",
+            -1,
+            "lower the flow's learning rate or clip its gradient (grad_clip), or start it "
+            "nearer the identity",
+        )
+    return value
+
+
 def base_noise(flow: object, like: Tensor, generator: torch.Generator | None) -> Tensor:
     """z ~ N(0, I) shaped like `like` (one per chain), drawn from `generator`."""
     draw = getattr(flow, "base_noise", None)
@@ -188,6 +211,15 @@ def propose(
     return proposal, z, log_prob
 
 
+def inside_support(flow: object, x: Tensor) -> Tensor:
+    """(B,) bool: which chains lie inside the flow's `support` (all True for a flow on Rᴰ)."""
+    support = getattr(flow, "support", None)
+    if support is None:
+        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    low, high = support
+    return ((x > low) & (x < high)).reshape(x.shape[0], -1).all(1)
+
+
 def current_log_prob(
     flow: object, x: Tensor, latent: Tensor | None, component: str
 ) -> tuple[Tensor, Tensor, int]:
@@ -205,8 +237,10 @@ def current_log_prob(
     """
     check_flow_shape(flow, x, component)
     with graph_switch():
-        z, logdet = flow(x)
+        inside = inside_support(flow, x)
+        z, logdet = flow(torch.where(batch_view(inside, x), x, torch.zeros_like(x)))
         log_prob = standard_normal_log_prob(z) + logdet
+        log_prob = log_prob.masked_fill(~inside, -math.inf)  # λ(x) = 0 outside its support
         unknown = torch.full_like(x, math.nan)
         passes = 1
         if latent is not None and latent.shape == x.shape:
@@ -219,7 +253,7 @@ def current_log_prob(
             passes = 2
         else:
             carried = unknown
-    check_finite_output(log_prob, "log-density log λ(x) at the chains", flow, component)
+    check_log_density(log_prob, "log-density log λ(x) at the chains", flow, component)
     return log_prob, carried, passes
 
 

@@ -2,6 +2,7 @@ r"""Independent Metropolis–Hastings with a flow as the proposal (flow-MCMC's g
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import attrs
@@ -106,6 +107,8 @@ class FlowIMH(IndependenceMove):
         with graph_switch():
             if tilted:  # value = E − log λ: the target's λ cancels the proposal's
                 log_ratio = (value + log_prob) - proposal_energy
+                # outside λ's support the tilted target is 0: any proposal is accepted
+                log_ratio = torch.where(torch.isneginf(log_prob), math.inf, log_ratio)
                 proposal_value = proposal_energy - proposal_log_prob
             else:
                 log_ratio = (value + log_prob) - (proposal_energy + proposal_log_prob)

@@ -165,5 +165,7 @@ class ISIR(IndependenceMove):
             extras={LOG_PROB: _take(log_probs, index)},
             owned={**state.owned, LATENT: _take(latents, index)},
         )
-        info = self.move_info((1 - normalised[:, 0]).to(x.dtype), moved, cost, x)
+        # a chain outside λ's support (log λ(x) = −∞, untilted) has weight +∞: it stays
+        moving = torch.where(stacked_weights[:, 0].isposinf(), 0.0, 1 - normalised[:, 0])
+        info = self.move_info(moving.to(x.dtype), moved, cost, x)
         return new_state, info
