@@ -221,3 +221,12 @@ def test_a_configured_run_resumes_its_epoch_scheduler_bit_for_bit(tmp_path: Path
     assert (
         "@torch.optim.lr_scheduler.ExponentialLR" in (whole / "operative_config.gin").read_text()
     )
+
+
+def test_a_flow_passes_its_scheduler_interval_on() -> None:
+    from ebmkit.flows import ElementwiseAffine
+
+    flow = ElementwiseAffine(event_shape=(2,), scheduler=halving, scheduler_interval="epoch")
+    assert flow.scheduler_interval == "epoch"
+    with pytest.raises(ValueError, match="scheduler_interval must be one of"):
+        ElementwiseAffine(event_shape=(2,), scheduler_interval="batch")

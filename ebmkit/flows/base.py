@@ -65,8 +65,8 @@ class FlowModule(LearnableModule):
             uses r = 0.2). 0 (default): forward KL only.
         trainable: False keeps the flow fixed (a fixed proposal): `learn` only reports
             the losses.
-        learning_rate, betas, weight_decay, grad_clip, scheduler: the flow's optimizer
-            (see `LearnableModule`).
+        learning_rate, betas, weight_decay, grad_clip, scheduler, scheduler_interval: the
+            flow's optimizer and its LR schedule (see `LearnableModule`).
     """
 
     exact_log_prob: bool = True
@@ -84,6 +84,7 @@ class FlowModule(LearnableModule):
         weight_decay: float = 0.0,
         grad_clip: float | None = None,
         scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "round",
     ) -> None:
         super().__init__(
             learning_rate=learning_rate,
@@ -91,6 +92,7 @@ class FlowModule(LearnableModule):
             weight_decay=weight_decay,
             grad_clip=grad_clip,
             scheduler=scheduler,
+            scheduler_interval=scheduler_interval,
         )
         shape = None if event_shape is None else tuple(int(size) for size in event_shape)
         if shape is not None and (not shape or min(shape) < 1):
