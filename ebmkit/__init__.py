@@ -4,6 +4,7 @@ The public API: plugins import only what is re-exported here.
 """
 
 from ebmkit.autograd import differentiable_chains, energy_and_grad, is_differentiable
+from ebmkit.checkpoint.files import load_checkpoint
 from ebmkit.energies.tempered import TemperedEnergy
 from ebmkit.errors import (
     CheckpointError,
@@ -16,6 +17,7 @@ from ebmkit.errors import (
 )
 from ebmkit.hookspecs import hookimpl
 from ebmkit.learnables import LearnableModule, find_learnables
+from ebmkit.learnables.module import SchedulerFactory
 from ebmkit.protocols import (
     Energy,
     Flow,
@@ -37,6 +39,7 @@ from ebmkit.records import (
     StepInfo,
 )
 from ebmkit.registry import Registry, components, create, get_registry, reset_registry
+from ebmkit.runs.draw import SamplingParts, build_parts, find_checkpoint
 from ebmkit.samplers.base import EvaluationCounts, MarkovKernel, initialize, kept_from_previous
 from ebmkit.samplers.composite import Composite
 from ebmkit.samplers.langevin import Langevin
@@ -51,12 +54,20 @@ from ebmkit.samplers.moves import (
     ula_noise_scale,
 )
 from ebmkit.samplers.validators import check_clamp
+from ebmkit.trainers.contrastive import Contrastive, RoundWork
 from ebmkit.validators import one_of
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Composite",
+    "Contrastive",
+    "RoundWork",
+    "SamplingParts",
+    "build_parts",
+    "find_checkpoint",
+    "load_checkpoint",
+    "SchedulerFactory",
     "EvaluationCounts",
     "Langevin",
     "MALA",

@@ -11,9 +11,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ebmkit import DivergenceError, InitBatch, LearnableModule, Round, Sampler
-from ebmkit.learnables.module import SchedulerFactory
-from ebmkit.samplers.langevin import Langevin
+from ebmkit import (
+    DivergenceError,
+    InitBatch,
+    Langevin,
+    LearnableModule,
+    Round,
+    Sampler,
+    SchedulerFactory,
+)
 from ebmkit_dual_mcmc.posterior import PosteriorEnergy, gaussian_nll, squared_error
 
 __all__ = ["LOSS_SCALINGS", "Generator", "default_posterior_sampler"]

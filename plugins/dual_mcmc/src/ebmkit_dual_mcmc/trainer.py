@@ -13,7 +13,7 @@ from collections.abc import Callable
 import attrs
 import torch
 
-from ebmkit.trainers.contrastive import Contrastive, RoundWork
+from ebmkit import Contrastive, RoundWork
 
 __all__ = ["DualMCMC"]
 
