@@ -210,9 +210,10 @@ class Generator(LearnableModule):
         if not bool(torch.isfinite(value).all()):
             rows = int((~torch.isfinite(value)).reshape(value.shape[0], -1).any(1).sum())
             module = self.generator if network == "generator" else self.inference
+            where = f" at round {round_index}" if round_index >= 0 else ""
             raise DivergenceError(
                 f"initializers.Generator: its {network} {_name(module)} gave a non-finite "
-                f"{what} ({rows} of {value.shape[0]} rows) at round {round_index}",
+                f"{what} ({rows} of {value.shape[0]} rows){where}",
                 round_index,
                 "lower its learning rate (initializers.Generator.learning_rate_"
                 f"{network}) or clip the gradient (grad_clip)",
