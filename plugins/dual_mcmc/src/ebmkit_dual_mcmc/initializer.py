@@ -22,7 +22,7 @@ from ebmkit import (
 )
 from ebmkit_dual_mcmc.posterior import PosteriorEnergy, gaussian_nll, squared_error
 
-__all__ = ["LOSS_SCALINGS", "Generator", "default_posterior_sampler"]
+__all__ = ["LOSS_SCALINGS", "Generator", "default_posterior_sampler", "energy_drop"]
 
 LOSS_SCALINGS = ("paper", "code")
 """How L_G is scaled: "paper" × 1/(2σ²) (the Gaussian log-likelihood), "code" × 1."""
@@ -36,6 +36,27 @@ def default_posterior_sampler() -> Langevin:
 
 def _name(module: object) -> str:
     return str(getattr(module, "component_name", type(module).__name__))
+
+
+def energy_drop(energy: object, x0: Tensor, x_revised: Tensor) -> Tensor:
+    """mean E(x0) − mean E(x̃) under one energy (> 0: the EBM's revision lowered it), with
+    no side effect on the energy's buffers.
+
+    A forward pass of a spectral-norm network in training mode advances its power iteration
+    (BatchNorm its running statistics), so a logged statistic would change the energy's
+    parameters after its next step, and with it the result of the update order; the buffers
+    are put back. Both terms use the energy as it is now (after the energy's step when the
+    Learnables learn after it), never E_t(x̃) against E_{t+1}(x0).
+    """
+    buffers = dict(energy.named_buffers()) if isinstance(energy, nn.Module) else {}
+    saved = {name: value.clone() for name, value in buffers.items()}
+    try:
+        with torch.no_grad():
+            return energy(x0).mean() - energy(x_revised).mean()
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                buffers[name].copy_(value)
 
 
 class Generator(LearnableModule):
@@ -71,7 +92,8 @@ class Generator(LearnableModule):
         learning_rate_generator, learning_rate_inference: Adam's learning rates.
         betas, weight_decay, grad_clip, scheduler, scheduler_interval: as `LearnableModule`
             (both groups; `grad_clip` clips the two networks' joint norm).
-        energy_revision_stats: also log E(x0) − E(x̃) (one more energy pass without gradient).
+        energy_revision_stats: also log E(x0) − E(x̃) (see `energy_drop`: two energy passes
+            without gradient or side effect).
 
     Example:
         >>> g = torch.nn.Linear(2, 2)
@@ -337,9 +359,7 @@ class Generator(LearnableModule):
             **stats,
         }
         if self.energy_revision_stats and round.energy is not None:
-            with torch.no_grad():  # E(x0) − E(x̃) > 0: the EBM's revision lowered the energy
-                drop = round.energy(x0).mean() - round.energy_model.mean()
-            losses["revision/energy_drop"] = drop
+            losses["revision/energy_drop"] = energy_drop(round.energy, x0, x_revised)
         return losses
 
     def extra_repr(self) -> str:
