@@ -323,6 +323,27 @@ class Generator(LearnableModule):
 
     # Learning ---------------------------------------------------------------------------
 
+    def learn(self, round: Round) -> dict[str, Tensor]:
+        """One step of both networks on `loss(round)`, then their parameters checked finite.
+
+        A step can leave NaN weights with a finite loss (a huge update): caught here, the
+        round stops naming the network before it is checkpointed, whatever the learn order.
+        """
+        losses = super().learn(round)
+        with torch.no_grad():
+            for network in ("generator", "inference"):
+                module = getattr(self, network)
+                finite = [p.isfinite().all() for p in module.parameters()]
+                if finite and not bool(torch.stack(finite).all()):
+                    raise DivergenceError(
+                        f"initializers.Generator: its {network} {_name(module)} has non-finite "
+                        f"parameters after its step at round {round.index}",
+                        round.index,
+                        f"lower its learning rate (initializers.Generator.learning_rate_"
+                        f"{network}) or clip the gradient (grad_clip)",
+                    )
+        return losses
+
     def loss(self, round: Round) -> dict[str, Tensor]:
         """The generator's and the inference model's losses on the round (see the class)."""
         x, z, x_revised = round.x_data, round.init.latents, round.result.x.detach()
