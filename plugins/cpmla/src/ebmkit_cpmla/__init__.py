@@ -1,0 +1,1 @@
+r"""CPMLA for ebmkit: ICNNs, Convex Potential Flows, mirror Langevin with a learned mirror."""

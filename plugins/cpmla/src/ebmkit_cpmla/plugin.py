@@ -1,0 +1,27 @@
+r"""The CPMLA plugin's hooks: the kind `mirror` (mirror maps), `flows.CPFlow` and
+`samplers.MirrorLangevin`."""
+
+from __future__ import annotations
+
+import ebmkit
+from ebmkit import Registry
+
+
+@ebmkit.hookimpl
+def ebmkit_add_kinds(registry: Registry) -> None:
+    """Mirror maps ∇G with ∇G*, Hessian-vector products and log det ∇²G (gin ``mirrors``)."""
+    registry.add_kind(
+        "mirror", plural="mirrors", doc="mirror maps ∇G of a strictly convex G (CPMLA)"
+    )
+
+
+@ebmkit.hookimpl
+def ebmkit_register(registry: Registry) -> None:
+    """The mirror maps and the mirror Langevin sampler; the Convex Potential Flow."""
+    from ebmkit_cpmla.cpflow import register_flows
+    from ebmkit_cpmla.mirror import register_mirrors
+    from ebmkit_cpmla.mirror_langevin import register_samplers
+
+    register_mirrors(registry)
+    register_samplers(registry)
+    register_flows(registry)
