@@ -3,8 +3,13 @@ r"""The Dual-MCMC plugin's hooks: the kinds `generator` and `inference_model`, t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import ebmkit
 from ebmkit import Registry
+
+if TYPE_CHECKING:
+    from ebmkit.commands import CommandTable
 
 
 @ebmkit.hookimpl
@@ -34,3 +39,17 @@ def ebmkit_register(registry: Registry) -> None:
     registry.add("trainer", "DualMCMC", DualMCMC)
     register_networks(registry)
     register_energies(registry)
+
+
+@ebmkit.hookimpl
+def ebmkit_add_eval_tasks(tasks: CommandTable) -> None:
+    """`ebmkit eval reconstruct` (see `ebmkit_dual_mcmc.reconstruct`)."""
+    from ebmkit_dual_mcmc import reconstruct
+
+    tasks.add(
+        "reconstruct",
+        help="reconstruction MSE of a Dual-MCMC run: inference, inference + L posterior "
+        "steps, noise + L steps",
+        configure_parser=reconstruct.configure_parser,
+        run=reconstruct.run,
+    )
