@@ -36,8 +36,9 @@ z-revision timed inside the Learnable):
 The hand-written loop does the same work in the same order with the same nn.Modules (copies
 of the same initial weights): torch's DataLoader, a 4-line Langevin loop, the losses written
 out, two Adam optimizers. It skips what ebmkit adds for diagnostics and safety: U(z) at the
-z-chain's ends (2 generator passes), E on data and x̃ for the round record and E(x0) (3 energy
-passes, code preset), and the divergence checks (a few host syncs).
+z-chain's ends (2 generator passes), the logged E(x0) − E(x̃) (2 energy passes), in the code
+preset E on data and x̃ for the round record (2 more), and the divergence checks (finiteness
+of losses, outputs and, after its step, the generator's and inference model's parameters).
 
 Each k_x gets fresh models from the same seed (both loops start from the same weights); every
 measurement round runs one round of each (k_x, loop) pair in an order rotated from round to
@@ -166,7 +167,7 @@ def ebmkit_trainer(
         nll_epsilon=1e-6 if code else 0.0,
         scheduler=scheduler,
         scheduler_interval="epoch",
-        energy_revision_stats=code,
+        energy_revision_stats=True,
     )
     common: dict[str, Any] = {
         "energy": TemperedEnergy(network=network, temperature=TEMPERATURE) if code else network,
