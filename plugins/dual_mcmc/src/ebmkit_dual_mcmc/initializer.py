@@ -264,14 +264,14 @@ class Generator(LearnableModule):
         z = torch.randn(n, self.latent_dim, device=self._device(), dtype=self._dtype())
         return InitBatch(x=self.generate(z), latents=z)
 
-    def regenerate(self, init: InitBatch) -> InitBatch:
+    def regenerate(self, init: InitBatch, round_index: int = -1) -> InitBatch:
         """The same latents through the current generator: x0′ = g(z) (the code's refresh)."""
         if init.latents is None:
             raise ValueError(
                 "initializers.Generator.regenerate needs the InitBatch it drew (latents z); "
                 "got one without latents"
             )
-        return InitBatch(x=self.generate(init.latents), latents=init.latents)
+        return InitBatch(x=self.generate(init.latents, round_index), latents=init.latents)
 
     def update(self, round: Round) -> None:
         """Nothing: the networks learn in `learn` (the trainer calls it as a Learnable)."""

@@ -72,6 +72,6 @@ class DualMCMC(Contrastive):
     def refresh(self, work: RoundWork) -> None:
         """Phase "refresh": x0′ = g(z) from the updated generator, the chains rerun on the
         current energy, and the energy loss on them (the round record now holds x̃′)."""
-        work.init = self.initializer.regenerate(work.init).to(self.device)
+        work.init = self.initializer.regenerate(work.init, work.index).to(self.device)
         work.result = self.sampler.sample(self.energy, work.init, self.n_steps)
         self.energy_loss(work)
