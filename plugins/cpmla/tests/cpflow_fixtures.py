@@ -72,3 +72,32 @@ def make_one_weight_negative(net: ICNN, layer: int = 0) -> None:
         return -PositiveLinear.positive_weight(self)
 
     target.positive_weight = negative  # type: ignore[method-assign]
+
+
+def scrambled_cpflow(
+    dim: int,
+    *,
+    seed: int,
+    hidden: int = 16,
+    depth: int = 3,
+    icnn_weight: float = 1.5,
+    quadratic: float = -1.0,
+    noise: float = 0.3,
+    **settings: object,
+):  # noqa: ANN201
+    """A float64 CPFlow, actnorm-initialised on skewed data, its ICNN's parameters moved by
+    `noise`, w₁ = `icnn_weight` and w₀ = `quadratic` (softplus 1.70 and 0.31 by default:
+    Hessian eigenvalues well away from 1)."""
+    from ebmkit_cpmla.cpflow import CPFlow
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        flow = CPFlow(dim=dim, hidden=hidden, depth=depth, **settings).to(F64)
+        data = torch.randn(256, dim, dtype=F64) * torch.linspace(0.5, 2.0, dim, dtype=F64)
+        flow.initialize(data + 1.0)
+        with torch.no_grad():
+            for parameter in flow.icnn.parameters():
+                parameter.add_(noise * torch.randn_like(parameter))
+            flow.w1.fill_(icnn_weight)
+            flow.w0.fill_(quadratic)
+    return flow
