@@ -46,6 +46,8 @@ import ebmkit_cpmla.cpflow as cpflow_module
 from ebmkit.testing import (
     check_flow_invertible,
     check_flow_logdet,
+    check_flow_sampling_reproducible,
+    check_flow_save_load,
     flow_round,
 )
 from ebmkit_cpmla.cpflow import CPFlow, CPFlowInverse, InverseSolveError, InverseSolveWarning
@@ -199,19 +201,18 @@ def test_cpmla_cpflow_exact_logdet_equals_slogdet_of_the_autograd_hessian(dim: i
 
 
 def lanczos_per_probe_error(flow: CPFlow, x: torch.Tensor, steps: int) -> float:
-    """max |flow's Lanczos log-det with one probe − d·v̂ᵀ log(H) v̂| over chains and seeds,
-    the probe redrawn from the same global-RNG seed."""
+    """max |flow's Lanczos log-det with one probe − d·v̂ᵀ log(H) v̂| over chains and probe
+    seeds, the probe redrawn from a generator with the flow's `probe_seed`."""
     flow.lanczos_steps, flow.n_probes = steps, 1
     hessian = batched_hessian(flow.potential, x)
     eigenvalues, vectors = torch.linalg.eigh(hessian)
     log_h = (vectors * eigenvalues.log()[:, None, :]) @ vectors.mT
     worst = 0.0
     for seed in range(4):
-        torch.manual_seed(seed)
+        flow.probe_seed = seed
         with torch.no_grad():
             _, estimate = flow(x)
-        torch.manual_seed(seed)
-        probe = cpflow_module.rademacher_probes(x, 1)[0]
+        probe = cpflow_module.rademacher_probes(x, 1, torch.Generator().manual_seed(seed))[0]
         exact = (probe.unsqueeze(1) @ log_h @ probe.unsqueeze(2)).flatten()
         worst = max(worst, float((estimate - exact).abs().max()))
     return worst
@@ -220,9 +221,8 @@ def lanczos_per_probe_error(flow: CPFlow, x: torch.Tensor, steps: int) -> float:
 def test_cpmla_cpflow_lanczos_logdet_per_probe_matches_eigh() -> None:
     flow = scrambled_cpflow(16, seed=16, logdet="stochastic")
     x = points(32, 16, 4)
-    with torch.random.fork_rng(devices=[]):
-        assert lanczos_per_probe_error(flow, x, steps=10) <= 1e-4
-        assert lanczos_per_probe_error(flow, x, steps=2) > 1e-3  # too few steps: caught
+    assert lanczos_per_probe_error(flow, x, steps=10) <= 1e-4
+    assert lanczos_per_probe_error(flow, x, steps=2) > 1e-3  # too few steps: caught
 
 
 def test_cpmla_cpflow_lanczos_logdet_mean_is_within_its_hutchinson_noise() -> None:
@@ -233,10 +233,11 @@ def test_cpmla_cpflow_lanczos_logdet_mean_is_within_its_hutchinson_noise() -> No
     log_h = (vectors * eigenvalues.log()[:, None, :]) @ vectors.mT
     off_diagonal = log_h - torch.diag_embed(torch.diagonal(log_h, dim1=1, dim2=2))
     std = (2 * off_diagonal.square().sum((1, 2)) / 64).sqrt()  # Var vᵀAv = 2Σ_{i≠j}A_ij²
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        with torch.no_grad():
-            _, estimate = flow(x)
+    before = torch.get_rng_state()
+    with torch.no_grad():
+        _, estimate = flow(x)
+        assert torch.equal(flow(x)[1], estimate)  # deterministic in x: probes seeded per call
+    assert torch.equal(torch.get_rng_state(), before)  # and the global RNG is not drawn from
     assert bool(((estimate - exact).abs() <= 4 * std + 1e-4).all())
 
 
@@ -245,6 +246,7 @@ def test_cpmla_cpflow_lanczos_logdet_mean_is_within_its_hutchinson_noise() -> No
 
 
 def all_sign_probes(like: torch.Tensor, n_probes: int, generator=None) -> torch.Tensor:  # noqa: ANN001
+    """Every sign vector of the chains' dimension, for every chain: (2^d, B, d)."""
     signs = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=like.shape[1])), dtype=F64)
     return signs[:, None, :].expand(signs.shape[0], *like.shape).to(like.dtype)
 
@@ -269,6 +271,18 @@ def test_cpmla_cpflow_stochastic_loss_gradient_over_all_signs_is_the_exact_nll_g
     expected = loss_gradient(exact, x)
     error = float((loss_gradient(stochastic, x) - expected).norm() / expected.norm())
     assert (error < 1e-8) if agrees else (error > 0.1), error
+
+
+def test_cpmla_stochastic_cpflow_learns_resumes_and_samples_like_any_flow() -> None:
+    flow = scrambled_cpflow(4, seed=5, logdet="stochastic", n_probes=2, tolerance=1e-10)
+    check_flow_save_load(flow)  # the surrogate's probes come from the checkpointed RNG
+    check_flow_sampling_reproducible(flow)  # sampling draws no probes
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        losses = flow.learn(flow_round(points(32, 4, 1)))
+    assert set(losses) == {"loss", "base_nll", "cg_iterations", "cg_residual"}
+    assert all(bool(torch.isfinite(value)) for value in losses.values())
+    assert 1 <= float(losses["cg_iterations"]) <= 4 and float(losses["cg_residual"]) < 1e-3
 
 
 # --------------------------------------------------------------------------------------

@@ -136,11 +136,13 @@ class CPFlow(FlowModule, PotentialMirror):
       reported with its residual (a warning, or an error with ``on_unconverged="raise"``).
     - log-det, `logdet="exact"`: d Hessian-vector products and slogdet (small d). With
       ``"stochastic"``: `log_prob` is stochastic Lanczos quadrature (`lanczos_steps` = m₁,
-      `n_probes` Rademacher probes from the global RNG; no gradient), `exact_log_prob` is
-      False (a kernel needing exact densities refuses the flow), and `loss` uses CP-Flow's
-      surrogate: v Rademacher, z = stopgrad CG(H, v) (`cg_atol`, `cg_rtol`, at most
-      `cg_max_iterations` = d), loss = −mean[log N(∇G(x)) + (Hz)ᵀv]. **Its value is not the
-      NLL**; its gradient is an unbiased estimate of the NLL's.
+      `n_probes` Rademacher probes; no gradient), `exact_log_prob` is
+      False (a kernel needing exact densities refuses the flow; its probes come from a
+      generator seeded by `probe_seed` at each call), and `loss` uses CP-Flow's surrogate
+      (probes from the global RNG, which checkpoints save): v Rademacher, z = stopgrad
+      CG(H, v) (`cg_atol`, `cg_rtol`, at most `cg_max_iterations` = d), loss =
+      −mean[log N(∇G(x)) + (Hz)ᵀv]. **Its value is not the NLL**; its gradient is an
+      unbiased estimate of the NLL's (with an exact solve).
     - One flow, one potential: it is also a `PotentialMirror` (`grad`, `hvp`, `hessian`,
       `sqrt_hessian_times`, `hessian_diagonal`, `log_det_hessian`; `single_block` True), so
       ``samplers.MirrorLangevin.mirror = @flows.CPFlow()`` uses the same object.
@@ -166,6 +168,9 @@ class CPFlow(FlowModule, PotentialMirror):
         logdet: "exact" or "stochastic".
         n_probes: Rademacher probes per point (stochastic mode; the reference uses 1).
         lanczos_steps: m₁ of the evaluation's Lanczos quadrature.
+        probe_seed: seeds the evaluation's probes afresh at every call, so the stochastic
+            `log_prob` is a deterministic function of x (two evaluations agree, a reloaded
+            flow gives the same value) and evaluating never draws from the training RNG.
         cg_atol, cg_rtol, cg_max_iterations: the training surrogate's CG (1e-3, 0, d).
         tolerance, max_iterations, history, solver: the inverse solve (residual tolerance,
             iterations and L-BFGS pairs per chain; "lbfgs" or "newton").
@@ -194,6 +199,7 @@ class CPFlow(FlowModule, PotentialMirror):
         logdet: str = "exact",
         n_probes: int = 1,
         lanczos_steps: int = 10,
+        probe_seed: int = 0,
         cg_atol: float = 1e-3,
         cg_rtol: float = 0.0,
         cg_max_iterations: int | None = None,
@@ -247,6 +253,7 @@ class CPFlow(FlowModule, PotentialMirror):
         self.exact_log_prob = logdet == "exact"
         self.n_probes = int(n_probes)
         self.lanczos_steps = int(lanczos_steps)
+        self.probe_seed = int(probe_seed)
         self.cg_atol, self.cg_rtol = float(cg_atol), float(cg_rtol)
         self.cg_max_iterations = None if cg_max_iterations is None else int(cg_max_iterations)
         self.tolerance = float(tolerance)
@@ -368,7 +375,8 @@ class CPFlow(FlowModule, PotentialMirror):
         detached)."""
         if self.logdet == "exact":
             return torch.linalg.slogdet(self._hessian(point, gradient, keep)).logabsdet
-        probes = rademacher_probes(gradient, self.n_probes)
+        generator = torch.Generator(device=gradient.device).manual_seed(self.probe_seed)
+        probes = rademacher_probes(gradient, self.n_probes, generator)
         hvp = self._hvp(point, gradient)
         return lanczos_logdet(hvp, probes, self.lanczos_steps).detach()
 
