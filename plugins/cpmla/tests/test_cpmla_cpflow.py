@@ -418,3 +418,31 @@ def test_cpmla_cpflow_starts_chains_through_the_flow_initializer() -> None:
         batch = Flow(flow=flow).sample(8)
     assert batch.x.shape == (8, 2) and not batch.x.requires_grad
     assert torch.allclose(flow.grad(batch.x), batch.latents, atol=1e-6)
+
+
+def test_cpmla_gin_builds_a_cpflow_for_the_flow_initializer() -> None:
+    import textwrap
+
+    import gin
+
+    ebmkit.get_registry()
+    gin.clear_config()
+    try:
+        gin.parse_config(
+            textwrap.dedent(
+                """
+                initializers.Flow.flow = @flows.CPFlow()
+                flows.CPFlow.dim = 2
+                flows.CPFlow.hidden = 8
+                flows.CPFlow.logdet = "stochastic"
+                flows.CPFlow.alpha = 1e-4
+                flows.CPFlow.learning_rate = 5e-3
+                """
+            )
+        )
+        initializer = gin.get_configurable("initializers.Flow")()
+    finally:
+        gin.clear_config()
+    flow = initializer.flow
+    assert isinstance(flow, CPFlow) and flow.icnn.hidden == 8 and not flow.exact_log_prob
+    assert flow.learning_rate == 5e-3 and flow.alpha == 1e-4
