@@ -31,6 +31,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 from cpflow_fixtures import (
     ALPHA,
     F64,
@@ -43,6 +44,7 @@ from cpflow_fixtures import (
 
 import ebmkit
 import ebmkit_cpmla.cpflow as cpflow_module
+import ebmkit_cpmla.icnn as icnn_module
 from ebmkit.testing import (
     check_flow_invertible,
     check_flow_logdet,
@@ -149,6 +151,26 @@ def test_cpmla_cpflow_round_trip_fails_and_is_reported_for_a_solver_stopped_earl
     flow.max_iterations = 2
     with pytest.raises(InverseSolveError, match="raise flows.CPFlow.max_iterations"):
         flow.sample(16, generator=torch.Generator().manual_seed(0))
+
+
+def chain_results_alone_batched_shuffled(flow: CPFlow) -> tuple[torch.Tensor, ...]:
+    z = points(12, flow.dim, 0, 1.0).to(flow.w0.dtype)
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(1))
+    batched = flow.inverse(z).x
+    alone = torch.cat([flow.inverse(z[i : i + 1]).x for i in range(12)])
+    shuffled = flow.inverse(z[order]).x
+    return batched, alone, shuffled[torch.argsort(order)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpmla_cpflow_chain_is_bit_identical_alone_batched_or_shuffled(monkeypatch, dtype) -> None:  # noqa: ANN001
+    flow = scrambled_cpflow(12, seed=1, tolerance=1e-5).to(dtype)
+    batched, alone, shuffled = chain_results_alone_batched_shuffled(flow)
+    assert torch.equal(batched, alone) and torch.equal(batched, shuffled)
+    # the wrong variant: the ICNN's layers as BLAS matmuls (rounding depends on the batch)
+    monkeypatch.setattr(icnn_module, "row_linear", lambda x, w, b=None: F.linear(x, w, b))
+    batched, alone, shuffled = chain_results_alone_batched_shuffled(flow)
+    assert not (torch.equal(batched, alone) and torch.equal(batched, shuffled))
 
 
 def test_cpmla_cpflow_inverse_is_differentiable_by_implicit_differentiation() -> None:

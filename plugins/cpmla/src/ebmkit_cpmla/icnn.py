@@ -13,12 +13,30 @@ __all__ = [
     "ConvexActNorm",
     "PositiveLinear",
     "gaussian_softplus",
+    "row_linear",
     "symmetric_gaussian_softplus",
 ]
 
 _PHI_AT_ZERO = 1.0 / math.sqrt(2.0 * math.pi)
 _STD_FLOOR = 1e-6
 """ActNorm's data-dependent init divides by max(std, this): a constant unit stays finite."""
+
+
+def row_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x Wᵀ + b computed row by row: a broadcast product and a sum over the last axis.
+
+    Unlike ``x @ W.T`` (a BLAS kernel whose blocking, and so its rounding, depends on the
+    batch size), each row's result is bit for bit the same whatever other rows share the
+    batch, so a chain's potential, gradient and inverse solve do not depend on its batch
+    (Persistent's reshuffles, per-rank shards).
+
+    Example:
+        >>> x, weight = torch.randn(5, 3), torch.randn(4, 3)
+        >>> torch.equal(row_linear(x, weight)[2:3], row_linear(x[2:3], weight))
+        True
+    """
+    out = (x.unsqueeze(-2) * weight).sum(-1)
+    return out if bias is None else out + bias
 
 
 def gaussian_softplus(t: Tensor) -> Tensor:
@@ -62,8 +80,8 @@ class PositiveLinear(nn.Module):
         return F.softplus(self.raw_weight) / self.raw_weight.shape[1]
 
     def forward(self, z: Tensor) -> Tensor:  # type: ignore[override]
-        """W⁺z, (B, out)."""
-        return z @ self.positive_weight().T
+        """W⁺z, (B, out), row by row (`row_linear`)."""
+        return row_linear(z, self.positive_weight())
 
 
 class ConvexActNorm(nn.Module):
@@ -118,6 +136,9 @@ class ICNN(nn.Module):
     in x and nondecreasing in the previous layer: I is convex. With `symm_act_first` the
     layers fed by x alone (z₁ and the s(Bx + c) halves, as the reference code does) use
     s(t) − t/2, convex but not monotone (allowed there: no positive weight precedes them).
+
+    Every layer is computed row by row (`row_linear`, elementwise activations), so I of a
+    chain is bit for bit the same whatever batch it is in.
 
     ActNorm's data-dependent init runs only through `initialize(x)`, which the flow calls on
     its first data batch; the buffer `initialized` records it (saved in the state dict, so a
@@ -180,6 +201,10 @@ class ICNN(nn.Module):
         self.output_actnorm.bias.requires_grad_(False)
         self.register_buffer("initialized", torch.tensor(False))
 
+    @staticmethod
+    def _affine(layer: nn.Linear, x: Tensor) -> Tensor:
+        return row_linear(x, layer.weight, layer.bias)
+
     def _input_activation(self, t: Tensor) -> Tensor:
         return symmetric_gaussian_softplus(t) if self.symm_act_first else gaussian_softplus(t)
 
@@ -188,7 +213,7 @@ class ICNN(nn.Module):
         return [layer.positive_weight() for layer in (*self.hidden_weights, self.output_weight)]
 
     def _evaluate(self, x: Tensor, initialize: bool) -> Tensor:
-        z = self._input_activation(self.first(x))
+        z = self._input_activation(self._affine(self.first, x))
         for weight, skip, augment, actnorm in zip(
             self.hidden_weights,
             self.skip_weights,
@@ -196,11 +221,12 @@ class ICNN(nn.Module):
             self.actnorms,
             strict=True,
         ):
-            pre = weight(z) + skip(x)
+            pre = weight(z) + self._affine(skip, x)
             if initialize:
                 actnorm.initialize_from(pre)
-            z = torch.cat([gaussian_softplus(actnorm(pre)), self._input_activation(augment(x))], 1)
-        out = self.output_weight(z) + self.output_skip(x)
+            augmented = self._input_activation(self._affine(augment, x))
+            z = torch.cat([gaussian_softplus(actnorm(pre)), augmented], 1)
+        out = self.output_weight(z) + self._affine(self.output_skip, x)
         if initialize:
             self.output_actnorm.initialize_from(out)
         return self.output_actnorm(out).squeeze(1)
