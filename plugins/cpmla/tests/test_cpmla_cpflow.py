@@ -468,3 +468,52 @@ def test_cpmla_gin_builds_a_cpflow_for_the_flow_initializer() -> None:
     flow = initializer.flow
     assert isinstance(flow, CPFlow) and flow.icnn.hidden == 8 and not flow.exact_log_prob
     assert flow.learning_rate == 5e-3 and flow.alpha == 1e-4
+
+
+# --------------------------------------------------------------------------------------
+# The mirror face inside samplers.MirrorLangevin
+
+
+def test_cpmla_a_mirror_langevin_step_with_a_cpflow_is_the_update_by_hand() -> None:
+    from cpmla_fixtures import TARGET_COV, TARGET_MEAN, gaussian_energy, gaussian_samples
+
+    from ebmkit_cpmla.mirror_langevin import MirrorLangevin
+
+    flow = scrambled_cpflow(2, seed=4, tolerance=1e-10)
+    energy = gaussian_energy(TARGET_MEAN, TARGET_COV)
+    sampler = MirrorLangevin(mirror=flow, step_size=0.05, noise="exact")
+    x = gaussian_samples(TARGET_MEAN, TARGET_COV, 16, seed=3)
+    state = sampler.init(x, energy)
+    moved, info = sampler.step(state, energy, generator=torch.Generator().manual_seed(5))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+    gradient = torch.autograd.functional.jacobian(lambda v: energy(v).sum(), x)
+    y = flow.grad(x) - 0.05 * gradient + math.sqrt(0.1) * flow.sqrt_hessian_times(x, noise)
+    assert torch.allclose(flow.grad(moved.x), y, rtol=0, atol=1e-9)  # x′ = ∇G*(y′)
+    assert torch.allclose(moved.x, flow.inverse(y, x).x, rtol=0, atol=1e-9)
+    assert float(info.stats["solve/residual"]) <= 1e-10
+
+
+def test_cpmla_gin_shares_one_cpflow_between_the_initializer_and_mirror_langevin() -> None:
+    import textwrap
+
+    import gin
+
+    ebmkit.get_registry()
+    gin.clear_config()
+    try:
+        gin.parse_config(
+            textwrap.dedent(
+                """
+                initializers.Flow.flow = @cpflow/singleton()
+                cpflow/singleton.constructor = @flows.CPFlow
+                samplers.MirrorLangevin.mirror = @cpflow/singleton()
+                flows.CPFlow.dim = 2
+                flows.CPFlow.hidden = 8
+                """
+            )
+        )
+        initializer = gin.get_configurable("initializers.Flow")()
+        sampler = gin.get_configurable("samplers.MirrorLangevin")()
+    finally:
+        gin.clear_config()
+    assert isinstance(initializer.flow, CPFlow) and sampler.mirror is initializer.flow
