@@ -19,7 +19,7 @@ from ebmkit_cpmla.cg import conjugate_gradient, logdet_surrogate
 from ebmkit_cpmla.icnn import ICNN
 from ebmkit_cpmla.lanczos import lanczos_logdet, rademacher_probes
 from ebmkit_cpmla.mirror import PotentialMirror
-from ebmkit_cpmla.solve import METHODS, SolveResult, solve_inverse
+from ebmkit_cpmla.solve import METHODS, SolveResult
 
 __all__ = [
     "LOGDET_MODES",
@@ -174,6 +174,8 @@ class CPFlow(FlowModule, PotentialMirror):
         cg_atol, cg_rtol, cg_max_iterations: the training surrogate's CG (1e-3, 0, d).
         tolerance, max_iterations, history, solver: the inverse solve (residual tolerance,
             iterations and L-BFGS pairs per chain; "lbfgs" or "newton").
+        precondition: start each chain's L-BFGS from H(start)⁻¹ (its first step Newton's;
+            d ≤ 64), the `PotentialMirror` option.
         on_unconverged: "warn" or "raise" when an inverse leaves chains above `tolerance`.
         **settings: `FlowModule`'s (fit_on, learning_rate, weight_decay, scheduler, ...).
 
@@ -207,6 +209,7 @@ class CPFlow(FlowModule, PotentialMirror):
         max_iterations: int = 50,
         history: int = 10,
         solver: str = "lbfgs",
+        precondition: bool = False,
         on_unconverged: str = "warn",
         **settings: Any,
     ) -> None:
@@ -260,6 +263,7 @@ class CPFlow(FlowModule, PotentialMirror):
         self.max_iterations = int(max_iterations)
         self.history = int(history)
         self.solver = solver
+        self.precondition = bool(precondition)
         self.on_unconverged = on_unconverged
         self.diagonal_floor = self.alpha
         self.icnn = ICNN(dim=self.dim, hidden=hidden, depth=depth, symm_act_first=symm_act_first)
@@ -424,14 +428,8 @@ class CPFlow(FlowModule, PotentialMirror):
         self.check_input(z, "base points")
         self._check_curvature()
         tolerance = self.tolerance if tolerance is None else float(tolerance)
-        result = solve_inverse(
-            self.potential,
-            z,
-            start,
-            tolerance=tolerance,
-            max_iterations=self.max_iterations if max_iterations is None else max_iterations,
-            history=self.history,
-            method=self.solver,
+        result = PotentialMirror.inverse(
+            self, z, start, tolerance=tolerance, max_iterations=max_iterations
         )
         keep = torch.is_grad_enabled()
 
