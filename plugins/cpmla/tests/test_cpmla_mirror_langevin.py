@@ -348,6 +348,14 @@ def test_the_dual_is_a_cache_recomputed_under_the_current_mirror() -> None:
     assert torch.equal(stepped.extras[DUAL], 2 * stepped.x)
 
 
+def test_a_float32_run_through_the_solver_converges_without_warnings() -> None:
+    """Warnings are errors in this suite: no chain may be reported unconverged."""
+    x = gaussian_samples(TARGET_MEAN, TARGET_COV, 1000, seed=12).float()
+    sampler = MirrorLangevin(mirror=CurvedMirror(), step_size=1e-2)
+    result = sampler.sample(ENERGY, x, 20, generator=torch.Generator().manual_seed(0))
+    assert result.x.dtype == torch.float32 and bool(torch.isfinite(result.x).all())
+
+
 def test_the_sampler_is_registered_and_built_by_name() -> None:
     names = {component.name for component in ebmkit.components("sampler")}
     assert "MirrorLangevin" in names

@@ -309,7 +309,8 @@ class MirrorLangevin(MarkovKernel):
             f"{COMPONENT}: the inverse solve x = ∇G*(y) left {failed} of "
             f"{solve.converged.numel()} chains unconverged at step {context.index}: residual "
             f"‖∇G(x) − y‖ up to {solve.residual.max().item():.3g} > tolerance {tolerance} "
-            f"after {int(solve.iterations.max())} iterations; raise {COMPONENT}.max_iterations "
+            f"after {int(solve.iterations[~solve.converged].max())} iterations; raise "
+            f"{COMPONENT}.max_iterations "
             f"(now {budget}), loosen {COMPONENT}.tolerance, or lower {COMPONENT}.step_size"
         )
         if self.on_unconverged == "raise":

@@ -41,6 +41,10 @@ ARMIJO = 1e-4
 FLAT_ROUNDINGS = 64.0
 """A full step predicted to lower f by less than this many roundings of f counts as flat."""
 
+ROUNDING_FLOOR = 8.0
+"""A residual below this many machine epsilons of the dtype times (1 + ‖y‖) counts as
+converged whatever the tolerance: ∇G(x) − y cannot be computed more finely."""
+
 MAX_BACKTRACKS = 40
 """Halvings of the step before a chain's line search gives up (the chain then stops)."""
 
@@ -53,7 +57,8 @@ class SolveResult:
         x: the solution ∇G*(y), shape of `y`, detached.
         residual: ‖∇G(x) − y‖ per chain (B,), the optimality gap in the dual.
         iterations: iterations each chain took (B,) int64 (0 for a start already converged).
-        converged: residual ≤ tolerance (B,) bool.
+        converged: residual ≤ tolerance, or within the dtype's rounding floor
+            (`ROUNDING_FLOOR`), (B,) bool.
     """
 
     x: Tensor
@@ -303,7 +308,9 @@ def solve_inverse(
         y: dual points (B, ...).
         start: the warm start (B, ...), e.g. the chain's previous x (default: `y`, as the
             reference code; right when ∇G ≈ identity).
-        tolerance: the per-chain residual ‖∇G(x) − y‖ that counts as converged.
+        tolerance: the per-chain residual ‖∇G(x) − y‖ that counts as converged; a residual
+            within `ROUNDING_FLOOR`·eps·(1 + ‖y‖) of the dtype (float32: ≈ 1e-6 for
+            ‖y‖ ≈ 1) counts too, since rounding keeps it from going lower.
         max_iterations: iterations at most per chain.
         history: L-BFGS pairs kept per chain.
         method: "lbfgs" or "newton".
@@ -341,7 +348,10 @@ def solve_inverse(
     x = start.flatten(1).clone()
     value, grad = _objective(evaluate, x, y)
     residual = _norm(grad)
-    active = residual > tolerance
+    threshold = torch.clamp(
+        ROUNDING_FLOOR * torch.finfo(y.dtype).eps * (1 + _norm(y.flatten(1))), min=tolerance
+    )
+    active = residual > threshold
     iterations = torch.zeros(batch, dtype=torch.int64, device=y.device)
     steps = x.new_zeros(history, batch, dim)
     changes = x.new_zeros(history, batch, dim)
@@ -376,10 +386,10 @@ def solve_inverse(
         grad = torch.where(moved[:, None], new_grad, grad)
         iterations = iterations + active.long()
         residual = _norm(grad)
-        active = moved & (residual > tolerance)
+        active = moved & (residual > threshold)
     return SolveResult(
         x=x.reshape(y.shape),
         residual=residual,
         iterations=iterations,
-        converged=residual <= tolerance,
+        converged=residual <= threshold,
     )
