@@ -21,9 +21,11 @@ def ebmkit_register(registry: Registry) -> None:
     from ebmkit_cpmla.cpflow import register_flows
     from ebmkit_cpmla.mirror import register_mirrors
     from ebmkit_cpmla.mirror_langevin import register_samplers
+    from ebmkit_cpmla.energies import register_energies
     from ebmkit_cpmla.multiscale import register_image_flows
 
     register_mirrors(registry)
     register_samplers(registry)
     register_flows(registry)
     register_image_flows(registry)
+    register_energies(registry)
