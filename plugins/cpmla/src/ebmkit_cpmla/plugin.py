@@ -19,9 +19,9 @@ def ebmkit_add_kinds(registry: Registry) -> None:
 def ebmkit_register(registry: Registry) -> None:
     """The mirror maps and the mirror Langevin sampler; the Convex Potential Flow."""
     from ebmkit_cpmla.cpflow import register_flows
+    from ebmkit_cpmla.energies import register_energies
     from ebmkit_cpmla.mirror import register_mirrors
     from ebmkit_cpmla.mirror_langevin import register_samplers
-    from ebmkit_cpmla.energies import register_energies
     from ebmkit_cpmla.multiscale import register_image_flows
 
     register_mirrors(registry)
@@ -29,3 +29,11 @@ def ebmkit_register(registry: Registry) -> None:
     register_flows(registry)
     register_image_flows(registry)
     register_energies(registry)
+
+
+@ebmkit.hookimpl
+def ebmkit_add_eval_tasks(tasks: object) -> None:
+    """`ebmkit eval inpaint` (CPMLA's inpainting through the chain's start)."""
+    from ebmkit_cpmla.inpaint import add_inpaint_task
+
+    add_inpaint_task(tasks)
