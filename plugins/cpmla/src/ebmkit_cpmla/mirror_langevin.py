@@ -108,16 +108,45 @@ class _ImplicitInverse(torch.autograd.Function):
         return solve_with_hessian(ctx.mirror, x, grad_x), None, None
 
 
-def solve_with_hessian(mirror: MirrorMap, x: Tensor, b: Tensor) -> Tensor:
-    """H(x)⁻¹b per chain: a dense solve up to `IMPLICIT_EXACT_LIMIT` coordinates, else
-    per-chain conjugate gradient with Hessian-vector products (at most D iterations, each
-    chain stopping at ‖r‖ < 1e-10·‖u‖)."""
+def solve_with_hessian(
+    mirror: MirrorMap, x: Tensor, b: Tensor, exact_limit: int = IMPLICIT_EXACT_LIMIT
+) -> Tensor:
+    """The backward of x = ∇G*(y): H(x)⁻ᵀb per chain (H⁻¹b for one convex G, H symmetric).
+
+    A dense solve up to `exact_limit` coordinates, else per-chain conjugate gradient with
+    Hessian-vector products (at most D iterations, each chain stopping at ‖r‖ < 1e-10·‖u‖).
+    For a composite mirror (``single_block`` False: stacked blocks, whose Jacobian J is not
+    symmetric) the solve is with Jᵀ: dense, or CG on the normal equations J Jᵀu = J b with
+    Jᵀ products by autograd (found by the inpainting work: J⁻¹b was used, a wrong gradient).
+    """
     dim = x[0].numel()
-    if dim <= IMPLICIT_EXACT_LIMIT:
+    symmetric = getattr(mirror, "single_block", True)
+    if dim <= exact_limit:
         hessian = mirror.hessian(x.detach())
+        if not symmetric:
+            hessian = hessian.transpose(-1, -2)
         return torch.linalg.solve(hessian, b.flatten(1).unsqueeze(-1)).reshape(b.shape)
+    if symmetric:
+        result = conjugate_gradient(
+            lambda u: mirror.hvp(x.detach(), u), b, max_iterations=dim, atol=0.0, rtol=1e-10
+        )
+        return result.solution
+
+    def transpose_times(u: Tensor) -> Tensor:
+        with torch.enable_grad():
+            point = x.detach().requires_grad_(True)
+            image = mirror.grad(point, create_graph=True)
+            return torch.autograd.grad(image, point, u)[0]
+
+    def normal_times(u: Tensor) -> Tensor:
+        return mirror.hvp(x.detach(), transpose_times(u))
+
     result = conjugate_gradient(
-        lambda u: mirror.hvp(x.detach(), u), b, max_iterations=dim, atol=0.0, rtol=1e-10
+        normal_times,
+        mirror.hvp(x.detach(), b),
+        max_iterations=4 * dim,
+        atol=0.0,
+        rtol=1e-10,
     )
     return result.solution
 
