@@ -2,6 +2,7 @@ r"""The top of a gin config: the `experiment` configurable (trainer, seed, caden
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -30,6 +31,14 @@ class Experiment:
         rollback_factor: the step-size factor of each rollback, in (0, 1); the noise shrinks
             by its square root, so the chains' temperature stays as configured.
         max_rollbacks: rollbacks allowed in a run; one more divergence then stops it.
+        metrics: more metrics to compute every `eval_every` rounds (and at the last round),
+            beside the core toy metrics, on any dataset: a mapping name → callable (a gin
+            reference without parentheses, ``{"kl64": @metrics.histogram_kl}``, so its own
+            bindings apply) or a sequence of registered metric names (``["histogram_kl"]``,
+            called with their defaults). Each is called with the arguments its signature names
+            among ``energy`` (the model energy, `ebmkit.density`'s hook), ``samples`` (the
+            round's samples, CPU), ``dataset``, ``generator`` (a CPU generator seeded by the
+            round) and ``trainer``, and must return a number; logged as ``metrics/<name>``.
     """
 
     trainer: Any = gin.REQUIRED
@@ -46,3 +55,4 @@ class Experiment:
         validator=[attrs.validators.gt(0.0), attrs.validators.lt(1.0)],
     )
     max_rollbacks: int = attrs.field(default=3, validator=attrs.validators.ge(1))
+    metrics: Mapping[str, Callable[..., float]] | Sequence[str] = attrs.field(factory=dict)

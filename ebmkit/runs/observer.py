@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,56 @@ from ebmkit.runs.interrupts import EXIT_STATUS, InterruptRequest, RunInterrupted
 from ebmkit.tracking.images import log_data_grid, log_energy_histograms
 from ebmkit.tracking.run_logger import RunLogger
 
-__all__ = ["RunObserver", "step_size_of"]
+__all__ = ["RunObserver", "named_metrics", "step_size_of"]
+
+METRIC_ARGUMENTS = ("energy", "samples", "dataset", "generator", "trainer")
+"""What `experiment.metrics` callables may ask for, by parameter name."""
+
+
+def named_metrics(metrics: Any, trainer: Any, round: Round) -> dict[str, float]:
+    """The values of `experiment.metrics` (a mapping name → callable, or registered metric
+    names) at this round; each callable gets the `METRIC_ARGUMENTS` its signature names.
+
+    Runs under ``torch.no_grad`` and without changing the run's random stream (the CPU RNG,
+    and CUDA's when the trainer is there, are restored; ``generator`` is seeded by the round).
+    """
+    import inspect
+
+    from ebmkit.registry import get_registry
+
+    if isinstance(metrics, str) or not isinstance(metrics, Mapping | Sequence):
+        raise TypeError(
+            f"experiment.metrics must be a mapping name -> metric or a list of metric names, "
+            f"got {metrics!r}"
+        )
+    if not isinstance(metrics, Mapping):
+        metrics = {name: get_registry().get("metric", name).factory for name in metrics}
+    available = {
+        "energy": lambda: model_energy_of(trainer),
+        "samples": lambda: round.result.x.detach().cpu(),
+        "dataset": lambda: trainer.dataset,
+        "generator": lambda: torch.Generator().manual_seed(round.index),
+        "trainer": lambda: trainer,
+    }
+    device = torch.device(getattr(trainer, "device", "cpu"))
+    values: dict[str, float] = {}
+    for name, metric in metrics.items():
+        arguments = {}
+        for parameter in inspect.signature(metric).parameters.values():
+            if parameter.name in available:
+                arguments[parameter.name] = available[parameter.name]()
+            elif parameter.default is inspect.Parameter.empty and parameter.kind not in (
+                inspect.Parameter.VAR_POSITIONAL,
+                inspect.Parameter.VAR_KEYWORD,
+            ):
+                raise TypeError(
+                    f"experiment.metrics[{name!r}]: its parameter {parameter.name!r} is none of "
+                    f"{METRIC_ARGUMENTS}; wrap the metric in a function of those"
+                )
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with torch.no_grad():
+                values[str(name)] = float(metric(**arguments))
+    return values
 
 
 def step_size_of(sampler: Any) -> float:
@@ -96,6 +146,11 @@ class RunObserver:
         ):
             self.final_metrics = self._toy_metrics(trainer, round)
             self.logger.scalars(index, {f"metrics/{k}": v for k, v in self.final_metrics.items()})
+        evaluating = index % experiment.eval_every == 0 or index == trainer.n_rounds
+        if experiment.metrics and evaluating:
+            named = named_metrics(experiment.metrics, trainer, round)
+            self.final_metrics = {**self.final_metrics, **named}
+            self.logger.scalars(index, {f"metrics/{k}": v for k, v in named.items()})
         if index % experiment.sample_every == 0 or index == trainer.n_rounds:
             self._pictures(trainer, round)
         if index % experiment.checkpoint_every == 0 or index == trainer.n_rounds:

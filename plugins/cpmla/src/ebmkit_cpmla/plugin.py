@@ -29,6 +29,8 @@ def ebmkit_register(registry: Registry) -> None:
     register_flows(registry)
     register_image_flows(registry)
     register_energies(registry)
+    __import__("ebmkit_cpmla.training").training.register_trainers(registry)
+    __import__("ebmkit_cpmla.metrics").metrics.register_metrics(registry)
 
 
 @ebmkit.hookimpl
