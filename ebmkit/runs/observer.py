@@ -2,15 +2,16 @@ r"""The run observer: logs each round, saves pictures, evaluates toy metrics, ch
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from ebmkit.checkpoint.files import save_checkpoint
@@ -24,7 +25,7 @@ from ebmkit.runs.interrupts import EXIT_STATUS, InterruptRequest, RunInterrupted
 from ebmkit.tracking.images import log_data_grid, log_energy_histograms
 from ebmkit.tracking.run_logger import RunLogger
 
-__all__ = ["RunObserver", "named_metrics", "step_size_of"]
+__all__ = ["RunObserver", "buffers_kept", "named_metrics", "step_size_of"]
 
 METRIC_ARGUMENTS = ("energy", "samples", "dataset", "generator", "trainer")
 """What `experiment.metrics` callables may ask for, by parameter name."""
@@ -74,6 +75,34 @@ def named_metrics(metrics: Any, trainer: Any, round: Round) -> dict[str, float]:
             with torch.no_grad():
                 values[str(name)] = float(metric(**arguments))
     return values
+
+
+@contextlib.contextmanager
+def buffers_kept(modules: list[nn.Module]) -> Iterator[None]:
+    """Put every buffer of `modules` back as it was on exit.
+
+    Metrics and pictures run the energy (and flows) in training mode: a spectral-norm layer
+    advances its power iteration there and BatchNorm its running statistics, both saved in
+    checkpoints; without this, a run stopped off the evaluation cadence and resumed would
+    differ from the uninterrupted one.
+    """
+    saved = [
+        (module, name, value.clone())
+        for module in modules
+        for name, value in module.named_buffers()
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, name, value in saved:
+                module.get_buffer(name).copy_(value)
+
+
+def _evaluated_modules(trainer: Any) -> list[nn.Module]:
+    """The energy and every Learnable module of the trainer (what a metric may run)."""
+    parts = [getattr(trainer, "energy", None), *getattr(trainer, "all_learnables", {}).values()]
+    return [part for part in parts if isinstance(part, nn.Module)]
 
 
 def step_size_of(sampler: Any) -> float:
@@ -141,18 +170,20 @@ class RunObserver:
         self._rounds_since_log += 1
         if index % experiment.log_every == 0 or index == trainer.n_rounds:
             self._log_scalars(trainer, round)
-        if _is_toy(trainer.dataset) and (
-            index % experiment.eval_every == 0 or index == trainer.n_rounds
-        ):
-            self.final_metrics = self._toy_metrics(trainer, round)
-            self.logger.scalars(index, {f"metrics/{k}": v for k, v in self.final_metrics.items()})
-        evaluating = index % experiment.eval_every == 0 or index == trainer.n_rounds
-        if experiment.metrics and evaluating:
-            named = named_metrics(experiment.metrics, trainer, round)
-            self.final_metrics = {**self.final_metrics, **named}
-            self.logger.scalars(index, {f"metrics/{k}": v for k, v in named.items()})
-        if index % experiment.sample_every == 0 or index == trainer.n_rounds:
-            self._pictures(trainer, round)
+        with buffers_kept(_evaluated_modules(trainer)):  # evaluation leaves no trace
+            if _is_toy(trainer.dataset) and (
+                index % experiment.eval_every == 0 or index == trainer.n_rounds
+            ):
+                self.final_metrics = self._toy_metrics(trainer, round)
+                metrics = {f"metrics/{k}": v for k, v in self.final_metrics.items()}
+                self.logger.scalars(index, metrics)
+            evaluating = index % experiment.eval_every == 0 or index == trainer.n_rounds
+            if experiment.metrics and evaluating:
+                named = named_metrics(experiment.metrics, trainer, round)
+                self.final_metrics = {**self.final_metrics, **named}
+                self.logger.scalars(index, {f"metrics/{k}": v for k, v in named.items()})
+            if index % experiment.sample_every == 0 or index == trainer.n_rounds:
+                self._pictures(trainer, round)
         if index % experiment.checkpoint_every == 0 or index == trainer.n_rounds:
             self.checkpoint(trainer)
         if self._progress is not None:
