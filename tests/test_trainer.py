@@ -178,6 +178,7 @@ def test_a_declared_model_energy_is_what_metrics_and_pictures_score(tmp_path, mo
         sample_every=1,
         checkpoint_every=1,
         keep_checkpoints=1,
+        metrics={},
     )
     observer = RunObserver(experiment, tmp_path, "")
     round = trainer.train_round()
