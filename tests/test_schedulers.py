@@ -230,3 +230,38 @@ def test_a_flow_passes_its_scheduler_interval_on() -> None:
     assert flow.scheduler_interval == "epoch"
     with pytest.raises(ValueError, match="scheduler_interval must be one of"):
         ElementwiseAffine(event_shape=(2,), scheduler_interval="batch")
+
+
+@pytest.mark.usefixtures("builtin_registry")
+def test_a_learnables_gin_scheduler_is_in_the_saved_config_and_sample_rebuilds_it(
+    tmp_path: Path,
+) -> None:
+    """A flow's StepLR, bound only in gin and used by no other component, is called when the
+    trainer is built, so the operative config saved in checkpoints holds its step_size and
+    `ebmkit sample` can rebuild the run (it failed with "StepLR missing step_size")."""
+    config = write_lines(
+        tmp_path,
+        "flow.gin",
+        [
+            f"include '{TOY_GIN}'",
+            "trainers.Contrastive.dataset = @datasets.EightGaussians()",
+            "trainers.Contrastive.sampler = @samplers.Langevin()",
+            "trainers.Contrastive.initializer = @initializers.Flow()",
+            "trainers.Contrastive.batch_size = 16",
+            "datasets.EightGaussians.n_samples = 64",
+            "samplers.Langevin.step_size = 0.01",
+            "samplers.Langevin.n_steps = 2",
+            "energies.MLP.hidden = (8,)",
+            "initializers.Flow.flow = @flows.Affine()",
+            "flows.Affine.dim = 2",
+            "flows.Affine.fit_on = 'samples'",
+            "flows.Affine.scheduler = @torch.optim.lr_scheduler.StepLR",
+            "torch.optim.lr_scheduler.StepLR.step_size = 7",
+        ],
+    )
+    run = tmp_path / "run"
+    status, _, err = run_cli(["run", str(config), "--out", str(run), "--rounds", "2"])
+    assert status == 0, err
+    assert "StepLR.step_size = 7" in checkpoint(run, 2)["operative_config"]
+    status, _, err = run_cli(["sample", str(run), "--n", "8", "--out", str(tmp_path / "s")])
+    assert status == 0, err

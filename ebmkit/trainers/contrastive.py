@@ -12,7 +12,12 @@ from torch import Tensor, nn
 from ebmkit.data.loader import ResumableLoader
 from ebmkit.density import EnergyFunction, resolve_model_energy
 from ebmkit.learnables import component_roots, find_learnables
-from ebmkit.learnables.module import SCHEDULER_INTERVALS, SchedulerFactory, step_per_epoch
+from ebmkit.learnables.module import (
+    SCHEDULER_INTERVALS,
+    LearnableModule,
+    SchedulerFactory,
+    step_per_epoch,
+)
 from ebmkit.protocols import Initializer, Learnable, RoundObserver, Sampler, Stateful
 from ebmkit.records import InitBatch, Round, SampleResult
 from ebmkit.trainers.guard import BlowupGuard, check_learnable, check_round
@@ -167,6 +172,12 @@ class Contrastive:
         for learnable in self.all_learnables.values():
             if isinstance(learnable, nn.Module):
                 learnable.to(self.device)
+            # Build each LearnableModule's optimizer (and LR scheduler) now, while the run's
+            # gin config is active: a scheduler bound as a gin factory reads its parameters
+            # when called, and the operative config saved in checkpoints records only what
+            # was called before it was captured (after the trainer is built).
+            if isinstance(learnable, LearnableModule):
+                learnable.optimizer  # noqa: B018
 
     def learnable_roots(self) -> dict[str, Any]:
         """Where Learnables are looked for, in path order (the first path of a shared one wins)."""
