@@ -23,6 +23,7 @@ import torch
 from ebmkit.cli import main
 from ebmkit.registry import AUTOLOAD_ENV, reset_registry
 from ebmkit.runs.lock import LOCK_NAME
+from ebmkit.testing.states import first_difference  # noqa: F401 - the tests import it from here
 
 TOY_GIN = Path(__file__).resolve().parents[1] / "gin" / "base" / "toy.gin"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -167,45 +168,3 @@ def write_stale_lock(run_dir: Path) -> int:
     record = {"pid": pid, "host": socket.gethostname(), "started": "earlier"}
     (run_dir / LOCK_NAME).write_text(json.dumps(record))
     return pid
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 2 :]}"
-
-
-def _len(value: Any) -> str:
-    return str(len(value)) if isinstance(value, list | tuple) else "-"
-
-
-def first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    """The first key path where two nested states differ, or None if they are identical.
-
-    Tensors must match in type, dtype, shape and every bit (torch.equal); dicts in their
-    keys; lists and tuples in length; everything else with ==.
-    """
-    where = path or "<root>"
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
-            return f"{where}: tensor vs {type(b if isinstance(a, torch.Tensor) else a).__name__}"
-        if a.dtype != b.dtype or a.shape != b.shape:
-            return f"{where}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
-        return None if torch.equal(a, b) else f"{where}: tensor values differ"
-    if isinstance(a, dict) or isinstance(b, dict):
-        if not (isinstance(a, dict) and isinstance(b, dict)) or list(a) != list(b):
-            keys = lambda x: list(x) if isinstance(x, dict) else type(x).__name__  # noqa: E731
-            return f"{where}: keys {keys(a)} vs {keys(b)}"
-        for key in a:
-            found = first_difference(a[key], b[key], f"{path}[{key!r}]")
-            if found is not None:
-                return found
-        return None
-    if isinstance(a, list | tuple) or isinstance(b, list | tuple):
-        if type(a) is not type(b) or len(a) != len(b):
-            return f"{where}: {type(a).__name__} of {_len(a)} vs {type(b).__name__} of {_len(b)}"
-        for index, (x, y) in enumerate(zip(a, b, strict=True)):
-            found = first_difference(x, y, f"{path}[{index}]")
-            if found is not None:
-                return found
-        return None
-    return None if type(a) is type(b) and a == b else f"{where}: {_short(a)} vs {_short(b)}"

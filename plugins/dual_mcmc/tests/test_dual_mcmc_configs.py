@@ -39,6 +39,7 @@ from ebmkit.energies.tempered import TemperedEnergy
 from ebmkit.registry import AUTOLOAD_ENV, get_registry, reset_registry
 from ebmkit.samplers.langevin import Langevin
 from ebmkit.testing.fixtures import write_cifar10
+from ebmkit.testing.states import first_difference
 from ebmkit.trainers.contrastive import Contrastive
 from ebmkit_dual_mcmc.energy import DualResNetEnergy
 from ebmkit_dual_mcmc.initializer import Generator
@@ -138,37 +139,6 @@ def run(config: str, out: Path, rounds: int, bindings: list[str], *extra: str) -
 
 def checkpoint(out: Path, round_index: int) -> dict[str, Any]:
     return torch.load(out / "checkpoints" / f"round-{round_index:08d}.pt", weights_only=True)
-
-
-def first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    """The first key path where two nested states differ: tensors in dtype, shape and every
-    bit (NaN marked, so NaN equals NaN), dicts in their keys, lists in length, others by ==."""
-    where = path or "<root>"
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
-            return f"{where}: tensor vs not"
-        if a.dtype != b.dtype or a.shape != b.shape:
-            return f"{where}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
-        if a.is_floating_point():
-            a, b = a.nan_to_num(nan=-1234.5), b.nan_to_num(nan=-1234.5)
-        return None if torch.equal(a, b) else f"{where}: tensor values differ"
-    if isinstance(a, dict) or isinstance(b, dict):
-        if not (isinstance(a, dict) and isinstance(b, dict)) or list(a) != list(b):
-            return f"{where}: keys differ"
-        for key in a:
-            found = first_difference(a[key], b[key], f"{path}[{key!r}]")
-            if found is not None:
-                return found
-        return None
-    if isinstance(a, list | tuple) or isinstance(b, list | tuple):
-        if type(a) is not type(b) or len(a) != len(b):
-            return f"{where}: lengths differ"
-        for index, (x, y) in enumerate(zip(a, b, strict=True)):
-            found = first_difference(x, y, f"{path}[{index}]")
-            if found is not None:
-                return found
-        return None
-    return None if a == b else f"{where}: {a!r} vs {b!r}"
 
 
 def digest(path: Path) -> str:
@@ -398,7 +368,7 @@ def test_cifar10_config_runs_two_rounds_and_resumes_bit_identically(
         "guard",
         "rng",
     ):
-        assert first_difference(first[part], second[part]) is None, part
+        assert first_difference(first[part], second[part], nan_equal=True) is None, part
     rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     rows = [row for row in rows if "initializer/generator/loss" in row]
     assert [row["round"] for row in rows] == [1, 2]
@@ -420,9 +390,12 @@ def test_paper_preset_learn_order_changes_no_parameter(cifar10: Path, tmp_path: 
         assert run("dual_mcmc_cifar10.gin", out, 2, bindings)[0] == 0
         state = checkpoint(out, 2)
         states[order] = (state["energy"], state["learnables"]["initializer"]["module"])
-        moved = first_difference(checkpoint(out, 1)["energy"], state["energy"])
+        moved = first_difference(checkpoint(out, 1)["energy"], state["energy"], nan_equal=True)
         assert moved is not None  # round 2 changed the energy: the comparison is not vacuous
-    assert first_difference(states["after_energy_step"], states["before_energy_step"]) is None
+    assert (
+        first_difference(states["after_energy_step"], states["before_energy_step"], nan_equal=True)
+        is None
+    )
 
 
 # A diverging generator --------------------------------------------------------------------

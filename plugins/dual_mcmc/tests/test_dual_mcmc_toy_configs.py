@@ -19,6 +19,7 @@ import torch
 
 import gin
 from ebmkit.registry import AUTOLOAD_ENV, reset_registry
+from ebmkit.testing.states import first_difference
 
 GIN = Path(__file__).resolve().parents[3] / "gin"
 needs_repository = pytest.mark.skipif(not GIN.is_dir(), reason="needs the repository's gin/")
@@ -57,36 +58,6 @@ def run(config: str, out: Path, rounds: int, bindings: list[str], *extra: str) -
 
 def checkpoint(out: Path, round_index: int) -> dict[str, Any]:
     return torch.load(out / "checkpoints" / f"round-{round_index:08d}.pt", weights_only=True)
-
-
-def first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    """Where two checkpoint trees differ (tensors bit for bit), or None."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        same = (
-            isinstance(a, torch.Tensor)
-            and isinstance(b, torch.Tensor)
-            and a.dtype == b.dtype
-            and a.shape == b.shape
-            and bool(torch.equal(a, b))
-        )
-        return None if same else path
-    if isinstance(a, dict) and isinstance(b, dict):
-        if set(a) != set(b):
-            return f"{path} keys {sorted(set(a) ^ set(b))}"
-        for key in a:
-            found = first_difference(a[key], b[key], f"{path}/{key}")
-            if found is not None:
-                return found
-        return None
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        if len(a) != len(b):
-            return f"{path} lengths {len(a)} != {len(b)}"
-        for index, (x, y) in enumerate(zip(a, b, strict=True)):
-            found = first_difference(x, y, f"{path}/{index}")
-            if found is not None:
-                return found
-        return None
-    return None if a == b else path
 
 
 @needs_repository

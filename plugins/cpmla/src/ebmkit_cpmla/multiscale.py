@@ -14,10 +14,9 @@ the diagonal noise uses the Jacobian-diagonal heuristic v ⊙ (Jv), clamped ≥ 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,6 +26,7 @@ from ebmkit.flows import FlowModule, standard_normal_log_prob
 from ebmkit.flows.glow import ActNorm, squeeze, unsqueeze
 from ebmkit.records import Round
 from ebmkit_cpmla.cg import conjugate_gradient, logdet_surrogate
+from ebmkit_cpmla.cpflow import CPFlowInverse
 from ebmkit_cpmla.icnn import gaussian_softplus
 from ebmkit_cpmla.lanczos import lanczos_logdet, rademacher_probes
 from ebmkit_cpmla.mirror import PotentialMirror
@@ -447,9 +447,9 @@ class CPFlowImage(FlowModule, PotentialMirror):
         *,
         tolerance: float | None = None,
         max_iterations: int | None = None,
-    ) -> _FlowInverse:
+    ) -> CPFlowInverse:
         """T⁻¹(z), blocks solved in reverse order (warm-started from `start`'s block inputs
-        when given): a `_FlowInverse`, unpacking as (x, −log|det ∂T/∂x| at x) and reading as
+        when given): a `CPFlowInverse`, unpacking as (x, −log|det ∂T/∂x| at x) and reading as
         a `SolveResult` for `samplers.MirrorLangevin`."""
         self.check_input(z, "base points")
         keep = torch.is_grad_enabled()
@@ -462,7 +462,7 @@ class CPFlowImage(FlowModule, PotentialMirror):
             return log_det if keep else log_det.detach()
 
         residual = torch.stack([s.residual.to(z.dtype) for s in solves]).amax(0)
-        return _FlowInverse(
+        return CPFlowInverse(
             x=x_plain,
             residual=residual,
             iterations=torch.stack([s.iterations for s in solves]).sum(0),
@@ -595,38 +595,6 @@ class CPFlowImage(FlowModule, PotentialMirror):
         """log|det J(x)| (the flow's forward log-det)."""
         with torch.no_grad():
             return self.forward(x)[1]
-
-
-@attrs.frozen(eq=False, kw_only=True)
-class _FlowInverse(SolveResult):
-    """`CPFlowImage.inverse`'s answer: reads as a `SolveResult` (x detached, residual the
-    worst block residual, iterations summed over the blocks, converged when every block
-    is) and unpacks as (x, log|det ∂x/∂z|), x on the implicit graph where grad is enabled;
-    the log-det is computed only when unpacked (a mirror step never pays for it)."""
-
-    flow_point: Callable[[], Tensor] = attrs.field(repr=False)
-    flow_log_det: Callable[[Tensor], Tensor] = attrs.field(repr=False)
-    _made: dict[str, Tensor] = attrs.field(factory=dict, init=False, repr=False)
-
-    def point(self) -> Tensor:
-        if "x" not in self._made:
-            self._made["x"] = self.flow_point()
-        return self._made["x"]
-
-    def log_det(self) -> Tensor:
-        if "log_det" not in self._made:
-            self._made["log_det"] = self.flow_log_det(self.point())
-        return self._made["log_det"]
-
-    def __iter__(self) -> Iterator[Tensor]:
-        yield self.point()
-        yield self.log_det()
-
-    def __len__(self) -> int:
-        return 2
-
-    def __getitem__(self, index: int) -> Tensor:
-        return (self.point, self.log_det)[index]()
 
 
 def register_image_flows(registry: Registry) -> None:
