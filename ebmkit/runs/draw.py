@@ -182,18 +182,27 @@ def draw_samples(
 
     The sampler gets the whole InitBatch (on the run's device), not only its `x`: chains from
     a persistent bank continue with their state (adapted step sizes, owned tensors), a flow
-    start keeps its latents, as in training.
+    start keeps its latents, as in training. A run without a sampler (e.g. cpmla's
+    `trainers.FlowOnly`, whose round samples are its flow's own) gives the initializer's draws.
     """
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
+    if parts.sampler is None and n_steps is not None:
+        raise EbmkitError(
+            f"--steps {n_steps}: this run has no sampler (its samples are its initializer's "
+            f"draws); leave --steps out"
+        )
     steps = n_steps if n_steps is not None else parts.n_steps
     size = batch_size or parts.batch_size
     chunks = []
     for start in range(0, n, size):
         count = min(size, n - start)
         init = parts.initializer.sample(count)
-        result = parts.sampler.sample(parts.energy, init.to(parts.device), steps)
-        chunks.append(result.x.detach().cpu())
+        if parts.sampler is None:
+            x = init.x
+        else:
+            x = parts.sampler.sample(parts.energy, init.to(parts.device), steps).x
+        chunks.append(x.detach().cpu())
         if progress is not None:
             progress(start + count)
     return torch.cat(chunks)

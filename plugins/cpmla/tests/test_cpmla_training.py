@@ -213,6 +213,37 @@ def test_toy_config_runs_3_rounds_and_resumes_bit_identically(config: str, tmp_p
     assert math.isfinite(final["metrics/grid_density_kl"])
 
 
+def cli(*argv: str) -> tuple[int, str]:
+    stderr = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+        status = main(list(argv))
+    gin.clear_config()
+    reset_registry()
+    return status, stderr.getvalue()
+
+
+def test_ebmkit_sample_on_a_flow_only_run_draws_the_flows_own_samples(tmp_path: Path) -> None:
+    """A FlowOnly run has no sampler: `ebmkit sample` gives its flow's draws (it used to fail
+    with AttributeError on `None.sample`), reproducibly, and refuses --steps."""
+    import numpy as np
+
+    run("cpflow_eight_gaussians.gin", tmp_path / "run", 2)
+    drawn = []
+    for name in ("a", "b"):
+        status, stderr = cli(
+            "sample", str(tmp_path / "run"), "--n", "20", "--out", str(tmp_path / name)
+        )
+        assert status == 0, stderr[-2000:]
+        drawn.append(np.load(tmp_path / name / "samples.npy"))
+    assert drawn[0].shape == (20, 2) and np.isfinite(drawn[0]).all()
+    assert np.array_equal(drawn[0], drawn[1])
+    assert drawn[0].std(axis=0).min() > 0.1  # distinct points, not one repeated start
+    status, stderr = cli(
+        "sample", str(tmp_path / "run"), "--n", "4", "--steps", "3", "--out", str(tmp_path / "c")
+    )
+    assert status == 1 and "this run has no sampler" in stderr and "leave --steps out" in stderr
+
+
 # The metric ----------------------------------------------------------------------------------
 
 
