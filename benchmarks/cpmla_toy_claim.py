@@ -61,12 +61,7 @@ def draw(run: Path, n: int, extra: str, seed: int) -> tuple[torch.Tensor, float]
     gin.clear_config()
     seed_everything(seed)
     parts = build_parts(state, str(checkpoint))
-    if parts.sampler is None:  # FlowOnly: the flow's own samples, no chain
-        samples = torch.cat(
-            [parts.initializer.sample(min(1024, n - i)).x.detach() for i in range(0, n, 1024)]
-        )
-    else:
-        samples = draw_samples(parts, n, batch_size=1024)
+    samples = draw_samples(parts, n, batch_size=1024)  # FlowOnly: the flow's own samples
     gin.clear_config()
     return samples, time.perf_counter() - start
 
