@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ebmkit.compatibility import require_vector_shape
 from ebmkit.flows.base import FlowModule
 
 __all__ = ["Affine", "ElementwiseAffine"]
@@ -65,13 +66,22 @@ class Affine(FlowModule):
         self.off_diagonal = nn.Parameter(torch.zeros(int(dim), int(dim)))
 
     @classmethod
-    def testing_cases(cls) -> list[FlowModule]:
-        """A 3-D flow with a random full covariance (seeded; the global RNG is untouched)."""
+    def testing_cases(cls, shape: Sequence[int] | None = None) -> list[FlowModule]:
+        """A 3-D flow with a random full covariance, or (`shape` = (dim,)) one of that
+        dimension (seeded; the global RNG is untouched). Vectors only: another shape raises
+        IncompatibleError."""
+        dim = (
+            3
+            if shape is None
+            else require_vector_shape(
+                "flows.Affine", shape, "flows.ElementwiseAffine or flows.Glow for images"
+            )
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            factor = torch.randn(3, 3)
-            covariance = factor @ factor.T + 0.5 * torch.eye(3)
-            return [cls.from_gaussian(torch.randn(3), covariance)]
+            factor = torch.randn(dim, dim)
+            covariance = factor @ factor.T + 0.5 * torch.eye(dim)
+            return [cls.from_gaussian(torch.randn(dim), covariance)]
 
     @classmethod
     def from_gaussian(cls, mean: Tensor, covariance: Tensor, **settings: object) -> Affine:
@@ -143,14 +153,14 @@ class ElementwiseAffine(FlowModule):
         self.log_scale = nn.Parameter(torch.full(shape, float(scale)).log())
 
     @classmethod
-    def testing_cases(cls) -> list[FlowModule]:
-        """Per-coordinate parameters on (2, 3), and scalar ones on any shape (checked on
-        `ebmkit.testing.ANY_SHAPE`); seeded, away from the identity."""
+    def testing_cases(cls, shape: Sequence[int] | None = None) -> list[FlowModule]:
+        """Per-coordinate parameters on (2, 3) (or on `shape` when given), and scalar ones on
+        any shape (checked on `ebmkit.testing.ANY_SHAPE`); seeded, away from the identity."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            shaped = cls(event_shape=(2, 3))
+            shaped = cls(event_shape=(2, 3) if shape is None else tuple(shape))
             with torch.no_grad():
-                shaped.loc.normal_()
+                shaped.loc.normal_(std=0.2 if shape is not None else 1.0)
                 shaped.log_scale.normal_(std=0.5)
         return [shaped, cls(event_shape=None, loc=1.0, scale=2.0)]
 

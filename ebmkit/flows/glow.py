@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ebmkit.compatibility import require_image_shape
 from ebmkit.flows.base import FlowModule
 from ebmkit.records import Round
 
@@ -277,15 +278,23 @@ class Glow(FlowModule):
         self.register_buffer("initialized", torch.tensor(False))
 
     @classmethod
-    def testing_cases(cls) -> list[FlowModule]:
-        """Two tiny Glows, (3, 4, 4) with one level and (1, 4, 4) with two, initialised on
-        random data and perturbed off the identity (seeded; the global RNG is untouched)."""
+    def testing_cases(cls, shape: Sequence[int] | None = None) -> list[FlowModule]:
+        """Two tiny Glows, (3, 4, 4) with one level and (1, 4, 4) with two, or (`shape` an
+        image (C, H, W), H and W even) one of one level; initialised on random data and
+        perturbed off the identity (seeded; the global RNG is untouched). Images only:
+        another shape raises IncompatibleError."""
+        shapes = (((3, 4, 4), 1), ((1, 4, 4), 2))
+        if shape is not None:
+            instead = "flows.RealNVP, flows.NSF, flows.MAF or flows.Affine for vectors"
+            shapes = ((require_image_shape("flows.Glow", shape, instead, divisor=2), 1),)
         cases = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            for shape, levels in (((3, 4, 4), 1), ((1, 4, 4), 2)):
-                flow = cls(event_shape=shape, levels=levels, steps_per_level=2, hidden_channels=8)
-                flow.initialize(torch.rand(16, *shape) * 1.6 - 0.8)
+            for event_shape, levels in shapes:
+                flow = cls(
+                    event_shape=event_shape, levels=levels, steps_per_level=2, hidden_channels=8
+                )
+                flow.initialize(torch.rand(16, *event_shape) * 1.6 - 0.8)
                 with torch.no_grad():
                     for parameter in flow.parameters():
                         parameter.add_(0.1 * torch.randn_like(parameter))

@@ -9,6 +9,7 @@ import torch
 import zuko
 from torch import Tensor, nn
 
+from ebmkit.compatibility import require_vector_shape
 from ebmkit.flows.base import FlowModule
 
 __all__ = ["MAF", "NSF", "RealNVP", "ZukoFlow", "shrink_conditioners"]
@@ -114,11 +115,17 @@ class ZukoFlow(FlowModule):
         raise NotImplementedError
 
     @classmethod
-    def testing_cases(cls) -> list[FlowModule]:
+    def testing_cases(cls, shape: Sequence[int] | None = None) -> list[FlowModule]:
         """Two small flows with zuko's full-size init (a far-from-identity map, so the checks
-        have something to find), seeded without touching the global RNG: 3-D and 1-D."""
+        have something to find), seeded without touching the global RNG: 3-D and 1-D; or
+        (`shape` = (dim,)) one of that dimension. Vectors only: another shape raises
+        IncompatibleError."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
+            if shape is not None:
+                name = f"flows.{cls.__name__}"
+                dim = require_vector_shape(name, shape, "flows.Glow for images")
+                return [cls(dim=dim, transforms=2, hidden_features=(16,), init_scale=0.1)]
             return [
                 cls(dim=3, transforms=2, hidden_features=(16, 16), init_scale=1.0),
                 cls(dim=1, transforms=2, hidden_features=(8,), init_scale=1.0),

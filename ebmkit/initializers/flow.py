@@ -2,12 +2,19 @@ r"""Chains that start from a normalizing flow's samples (CoopFlow, CPMLA)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import attrs
 import torch
 
+from ebmkit.compatibility import check_event_shape
 from ebmkit.flows.base import check_finite
 from ebmkit.protocols import Flow as FlowProtocol
 from ebmkit.records import InitBatch, Round
+
+if TYPE_CHECKING:
+    from ebmkit.testing import ShapeCase
 
 __all__ = ["Flow"]
 
@@ -41,6 +48,36 @@ class Flow:
     """
 
     flow: FlowProtocol = attrs.field(validator=_is_flow)
+
+    @classmethod
+    def testing_cases(cls, shape: Sequence[int]) -> list[ShapeCase]:
+        """For the composability matrix: one case per registered flow, named after it, over
+        that flow's first `testing_cases(shape)` instance; a flow that cannot serve `shape`
+        gives a refused case with its reason. A flow whose `testing_cases` is missing or
+        broken is left out here: `registered_flow_shape_cases` reports it as a failing
+        entry (the matrix test has one per flow and shape)."""
+        from ebmkit.testing import ShapeCase, registered_flow_shape_cases
+
+        cases = []
+        for entry in registered_flow_shape_cases(shape):
+            if entry.refused is not None:
+                cases.append(ShapeCase(name=entry.component, refused=entry.refused))
+            elif entry.case is not None:
+                cases.append(ShapeCase(name=entry.component, component=cls(flow=entry.case)))
+        return cases
+
+    def check_compatible(
+        self, *, sampler: object, initializer: object, energy: object, shape: tuple | None
+    ) -> None:
+        """Refuse a flow built for another event shape than the data's."""
+        name = getattr(self.flow, "component_name", type(self.flow).__name__)
+        check_event_shape(
+            self.flow,
+            "initializers.Flow",
+            "flow",
+            shape,
+            f"build the flow for the data's shape ({name}.event_shape or its dim)",
+        )
 
     def sample(self, n: int) -> InitBatch:
         """`n` flow samples (no graph) and their base points."""

@@ -2,11 +2,18 @@ r"""Chains that start from noise: uniform in a box or Gaussian."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import attrs
 import torch
 
+from ebmkit.compatibility import IncompatibleError
 from ebmkit.records import InitBatch, Round
 from ebmkit.validators import one_of
+
+if TYPE_CHECKING:
+    from ebmkit.testing import ShapeCase
 
 __all__ = ["Noise"]
 
@@ -40,6 +47,27 @@ class Noise:
             raise ValueError(f"Noise needs low < high, got low={self.low}, high={self.high}")
         if not self.shape or min(self.shape) < 1:
             raise ValueError(f"Noise.shape must be positive sizes, got {self.shape}")
+
+    @classmethod
+    def testing_cases(cls, shape: Sequence[int]) -> list[ShapeCase]:
+        """For the composability matrix: uniform in (−1, 1) (the image range) and a unit
+        Gaussian, for chains of `shape` (any shape)."""
+        from ebmkit.testing import ShapeCase
+
+        return [
+            ShapeCase(name="uniform", component=cls(shape=tuple(shape))),
+            ShapeCase(name="gaussian", component=cls(shape=tuple(shape), distribution="gaussian")),
+        ]
+
+    def check_compatible(
+        self, *, sampler: object, initializer: object, energy: object, shape: tuple | None
+    ) -> None:
+        """Refuse chains of another shape than `shape` (IncompatibleError naming the fix)."""
+        if shape is not None and tuple(shape) != self.shape:
+            raise IncompatibleError(
+                f"initializers.Noise draws chains of shape {self.shape} but the data are "
+                f"{tuple(shape)} per sample; set initializers.Noise.shape = {tuple(shape)}"
+            )
 
     def draw(self, n: int) -> torch.Tensor:
         """`n` noise samples of `shape`."""

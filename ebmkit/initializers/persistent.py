@@ -3,7 +3,8 @@ r"""Persistent chains: a bank in which every chain continues where it stopped, r
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -11,6 +12,9 @@ from torch import Tensor
 
 from ebmkit.protocols import Initializer, Stateful
 from ebmkit.records import ChainState, InitBatch, Round
+
+if TYPE_CHECKING:
+    from ebmkit.testing import ShapeCase
 
 __all__ = ["Persistent"]
 
@@ -72,6 +76,22 @@ class Persistent:
     owned: dict[str, Tensor] = attrs.field(factory=dict, init=False, repr=False)
     order: Tensor | None = attrs.field(default=None, init=False, repr=False)
     cursor: int = attrs.field(default=0, init=False, repr=False)
+
+    @classmethod
+    def testing_cases(cls, shape: Sequence[int]) -> list[ShapeCase]:
+        """For the composability matrix: a bank of 8 chains started from uniform noise of
+        `shape` (batches up to 8)."""
+        from ebmkit.initializers.noise import Noise
+        from ebmkit.testing import ShapeCase
+
+        bank = cls(n_chains=8, start=Noise(shape=tuple(shape)))
+        return [ShapeCase(name="noise-bank", component=bank)]
+
+    def check_compatible(self, **components: Any) -> None:
+        """What `start` declares (e.g. Noise of another shape than the data's)."""
+        check = getattr(self.start, "check_compatible", None)
+        if callable(check):
+            check(**components)
 
     def _filled(self) -> Tensor:
         if self.positions is None:

@@ -2,13 +2,17 @@ r"""Persistent chains: a replay buffer of past samples, some reinitialised from 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 
 from ebmkit.initializers.noise import Noise
 from ebmkit.records import InitBatch, Round
+
+if TYPE_CHECKING:
+    from ebmkit.testing import ShapeCase
 
 __all__ = ["Replay"]
 
@@ -36,6 +40,21 @@ class Replay:
         default=0.05, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)]
     )
     buffer: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
+
+    @classmethod
+    def testing_cases(cls, shape: Sequence[int]) -> list[ShapeCase]:
+        """For the composability matrix: 16 slots of uniform noise of `shape`, a quarter
+        restarted per draw (so both branches run in a tiny batch)."""
+        from ebmkit.testing import ShapeCase
+
+        buffer = cls(noise=Noise(shape=tuple(shape)), capacity=16, reinit_prob=0.25)
+        return [ShapeCase(name="buffer", component=buffer)]
+
+    def check_compatible(self, **components: Any) -> None:
+        """What its `noise` declares (Noise of another shape than the data's)."""
+        check = getattr(self.noise, "check_compatible", None)
+        if callable(check):
+            check(**components)
 
     def _filled(self) -> torch.Tensor:
         if self.buffer is None:

@@ -154,6 +154,14 @@ class Composite(MarkovKernel):
             ),
         ]
 
+    def check_compatible(self, **components: object) -> None:
+        """What each stage declares (`check_compatible`, in stage order): a stage that
+        cannot run on these chains makes the composition refuse them."""
+        for stage in self.stages.values():
+            check = getattr(stage, "check_compatible", None)
+            if callable(check):
+                check(**components)
+
     def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
         """Every stage's `init` on its own view, in stage order (see the class docstring)."""
         return self.init_with_cost(x, energy, previous=previous)[0]

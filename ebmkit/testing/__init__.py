@@ -71,6 +71,13 @@ from ebmkit.testing.flows import (
     flow_round,
     registered_flow_cases,
 )
+from ebmkit.testing.shape_cases import (
+    SHAPE_CASES_METHOD,
+    RegisteredShapeCase,
+    ShapeCase,
+    registered_flow_shape_cases,
+    registered_initializer_cases,
+)
 from ebmkit.testing.statistics import (
     Z_MAX,
     MixtureReport,
@@ -98,6 +105,7 @@ __all__ = [
     "FLOWERS_COLOURS",
     "FLOW_CASES_METHOD",
     "FOREIGN_OWNED",
+    "SHAPE_CASES_METHOD",
     "STANDARD_GAUSSIAN",
     "STANDARD_MIXTURE",
     "Z_MAX",
@@ -109,7 +117,9 @@ __all__ = [
     "MomentReport",
     "RegisteredCase",
     "RegisteredFlowCase",
+    "RegisteredShapeCase",
     "SamplerCase",
+    "ShapeCase",
     "as_case",
     "check_continuation",
     "check_contract",
@@ -126,6 +136,8 @@ __all__ = [
     "gaussian_moment_report",
     "langevin_moments",
     "registered_flow_cases",
+    "registered_flow_shape_cases",
+    "registered_initializer_cases",
     "registered_sampler_cases",
     "state_differences",
     "ula_stationary_covariance",

@@ -9,6 +9,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from ebmkit.compatibility import check_compatible, data_shape
 from ebmkit.data.loader import ResumableLoader
 from ebmkit.density import EnergyFunction, resolve_model_energy
 from ebmkit.learnables import component_roots, find_learnables
@@ -69,6 +70,9 @@ class Contrastive:
     reaches the parameters. A Round record with every fact goes to each Learnable's `learn`,
     then to `initializer.update`, then to the observer (logging / checkpoints). A method
     needing another order overrides `phases()`, not the round.
+
+    When it is built, the sampler, the initializer and the energy may refuse the combination
+    (their `check_compatible`, see `ebmkit.compatibility`: a ConfigError saying why).
 
     Learnables are found once, when the trainer is built, among the sampler, the
     initializer and `learnables` (attrs fields, module children, containers, each object
@@ -158,6 +162,14 @@ class Contrastive:
     blowup: BlowupGuard = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        # Every trainer is built through here: the components' declared incompatibilities
+        # (`check_compatible`, see ebmkit.compatibility) refuse a combination before round 1.
+        check_compatible(
+            sampler=self.sampler,
+            initializer=self.initializer,
+            energy=self.energy,
+            shape=data_shape(self.dataset),
+        )
         self.energy.to(self.device)
         self.optimizer = torch.optim.Adam(
             self.energy.parameters(),

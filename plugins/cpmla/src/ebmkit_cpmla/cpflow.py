@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebmkit import Registry
+from ebmkit.compatibility import require_vector_shape
 from ebmkit.flows import FlowModule, standard_normal_log_prob
 from ebmkit.records import Round
 from ebmkit_cpmla.cg import conjugate_gradient, logdet_surrogate
@@ -271,10 +272,23 @@ class CPFlow(FlowModule, PotentialMirror):
         self.w1 = nn.Parameter(torch.tensor(0.0))
 
     @classmethod
-    def testing_cases(cls) -> list[FlowModule]:
+    def testing_cases(cls, shape: Sequence[int] | None = None) -> list[FlowModule]:
         """A 3-D CP-Flow in float64 with the exact log-det, actnorm-initialised on skewed data,
         every parameter moved and the ICNN's weight raised (Hessian eigenvalues well away
-        from 1), solved to 1e-10 (seeded; the global RNG is untouched)."""
+        from 1), solved to 1e-10 (seeded; the global RNG is untouched).
+
+        With `shape` = (dim,): a small float32 CP-Flow of that dimension (exact log-det,
+        solved to 1e-4, moved off the identity) for the composability matrix. Vectors only:
+        another shape raises IncompatibleError."""
+        if shape is not None:
+            dim = require_vector_shape(COMPONENT, shape, "flows.CPFlowImage for images")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                flow = cls(dim=dim, hidden=8, depth=2, tolerance=1e-4, max_iterations=100)
+                with torch.no_grad():
+                    for parameter in flow.icnn.parameters():
+                        parameter.add_(0.1 * torch.randn_like(parameter))
+            return [flow]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             flow = cls(dim=3, hidden=8, depth=3, tolerance=1e-10, learning_rate=1e-2)

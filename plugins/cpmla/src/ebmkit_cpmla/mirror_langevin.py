@@ -28,6 +28,7 @@ from ebmkit import (
     select_chains,
     ula_noise_scale,
 )
+from ebmkit.compatibility import check_event_shape
 from ebmkit_cpmla.cg import conjugate_gradient
 from ebmkit_cpmla.mirror import MirrorMap, QuadraticMirror, check_mirror_shape
 from ebmkit_cpmla.solve import SolveResult
@@ -248,6 +249,21 @@ class MirrorLangevin(MarkovKernel):
                 f"{COMPONENT}: metropolis=True scores the proposal's exact density and needs "
                 f"noise='exact', got noise={self.noise!r}; set {COMPONENT}.noise = 'exact'"
             )
+
+    def check_compatible(
+        self, *, sampler: object, initializer: object, energy: object, shape: tuple | None
+    ) -> None:
+        """Refuse a mirror built for another event shape than the chains' (it would fail at
+        the first step, in `check_mirror_shape`)."""
+        check_event_shape(
+            self.mirror,
+            COMPONENT,
+            "mirror",
+            shape,
+            f"build the mirror for the data's shape (mirrors.CurvedMirror.dim = the number "
+            f"of coordinates, a QuadraticMirror scale of shape {shape} or a number, a "
+            f"flows.CPFlow with dim = the number of coordinates)",
+        )
 
     @property
     def noise_scale(self) -> float:

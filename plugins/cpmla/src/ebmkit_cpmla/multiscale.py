@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebmkit import Registry
+from ebmkit.compatibility import require_image_shape
 from ebmkit.flows import FlowModule, standard_normal_log_prob
 from ebmkit.flows.glow import ActNorm, squeeze, unsqueeze
 from ebmkit.records import Round
@@ -301,9 +302,21 @@ class CPFlowImage(FlowModule, PotentialMirror):
         self.register_buffer("initialized", torch.tensor(False))
 
     @classmethod
-    def testing_cases(cls) -> list[FlowModule]:
+    def testing_cases(cls, shape: Sequence[int] | None = None) -> list[FlowModule]:
         """A (1, 4, 4) flow (one block per scale, width 8) in float64 with the exact log-det,
-        initialised on skewed data and every parameter moved (seeded)."""
+        initialised on skewed data and every parameter moved (seeded).
+
+        With `shape` = (C, H, W), H and W even: a small float32 flow of that shape (one
+        block per scale, width 8, the default stochastic log-det) for the composability
+        matrix. Images only: another shape raises IncompatibleError."""
+        if shape is not None:
+            instead = "flows.CPFlow for vectors"
+            image = require_image_shape(COMPONENT, shape, instead, divisor=2)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                flow = cls(event_shape=image, blocks_per_scale=1, hidden=8, max_iterations=100)
+                flow.initialize(torch.rand(16, *image) * 1.6 - 0.8)
+            return [flow]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             flow = cls(

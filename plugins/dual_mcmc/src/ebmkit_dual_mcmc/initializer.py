@@ -8,6 +8,9 @@ optimizer step on L_G + L_I: the losses share no parameter, so that is exactly a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
@@ -20,7 +23,11 @@ from ebmkit import (
     Sampler,
     SchedulerFactory,
 )
+from ebmkit.compatibility import IncompatibleError
 from ebmkit_dual_mcmc.posterior import PosteriorEnergy, gaussian_nll, squared_error
+
+if TYPE_CHECKING:
+    from ebmkit.testing import ShapeCase
 
 __all__ = ["LOSS_SCALINGS", "Generator", "default_posterior_sampler", "energy_drop"]
 
@@ -199,6 +206,44 @@ class Generator(LearnableModule):
         self.observation_noise = bool(observation_noise)
         self.learning_rate_inference = float(learning_rate_inference)
         self.energy_revision_stats = bool(energy_revision_stats)
+
+    @classmethod
+    def testing_cases(cls, shape: Sequence[int]) -> list[ShapeCase]:
+        """For the composability matrix: MLP generator and inference model (latent 2, width
+        8) for chains of `shape` (any shape: the MLPs flatten and reshape), 2 posterior
+        Langevin steps (seeded; the global RNG untouched)."""
+        from ebmkit.testing import ShapeCase
+        from ebmkit_dual_mcmc.networks import GeneratorMLP, InferenceMLP
+
+        shape = tuple(int(size) for size in shape)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            generator = GeneratorMLP(latent_dim=2, output_shape=shape, hidden=(8,))
+            inference = InferenceMLP(input_shape=shape, latent_dim=2, hidden=(8,))
+        posterior = Langevin(step_size=0.005, n_steps=2)
+        initializer = cls(generator=generator, inference=inference, posterior_sampler=posterior)
+        return [ShapeCase(name="mlp", component=initializer)]
+
+    def check_compatible(
+        self, *, sampler: object, initializer: object, energy: object, shape: tuple | None
+    ) -> None:
+        """Refuse a generator whose samples (its `output_shape`) or an inference model whose
+        input (its `input_shape`) is not the chains' shape."""
+        if shape is None:
+            return
+        for role, network, attribute in (
+            ("generator", self.generator, "output_shape"),
+            ("inference model", self.inference, "input_shape"),
+        ):
+            declared = getattr(network, attribute, None)
+            if declared is not None and tuple(declared) != tuple(shape):
+                plural = "generators" if role == "generator" else "inference_models"
+                raise IncompatibleError(
+                    f"initializers.Generator: its {role} {_name(network)} has {attribute} "
+                    f"{tuple(declared)} but the chains (the data) are {tuple(shape)} per "
+                    f"sample; build it for the data's shape (e.g. {plural}.MLP.{attribute} = "
+                    f"{tuple(shape)}, or a network of that image size)"
+                )
 
     # Optimizer ----------------------------------------------------------------------------
 

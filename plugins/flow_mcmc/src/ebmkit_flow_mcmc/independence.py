@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ebmkit import ChainState, Energy, EvaluationCounts, MarkovKernel, StepInfo
+from ebmkit.compatibility import check_event_shape
 from ebmkit_flow_mcmc.densities import flow_name, no_step_size, scored_init
 
 __all__ = ["IndependenceMove"]
@@ -24,6 +25,18 @@ class IndependenceMove(MarkovKernel):
 
     flow: object
     component: str
+
+    def check_compatible(
+        self, *, sampler: object, initializer: object, energy: object, shape: tuple | None
+    ) -> None:
+        """Refuse a proposal flow built for another event shape than the chains'."""
+        check_event_shape(
+            self.flow,
+            self.component,
+            "proposal flow",
+            shape,
+            f"build it for the data's shape ({flow_name(self.flow)}.event_shape or its dim)",
+        )
 
     def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
         """Chains at `x` with E(x) and log λ(x) cached (no gradient)."""

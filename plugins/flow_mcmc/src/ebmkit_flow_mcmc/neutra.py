@@ -21,6 +21,7 @@ from ebmkit import (
     kept_from_previous,
     select_chains,
 )
+from ebmkit.compatibility import check_event_shape
 from ebmkit_flow_mcmc.densities import (
     LATENT,
     check_finite_output,
@@ -159,6 +160,19 @@ class NeutraMCMC(MarkovKernel):
                 name="adaptive-mala", sampler=cls(flow=testing_flow(), local=adaptive), exact=True
             ),
         ]
+
+    def check_compatible(
+        self, *, sampler: object, initializer: object, energy: object, shape: tuple | None
+    ) -> None:
+        """Refuse a flow built for another event shape than the chains' (the latent has the
+        chains' shape); what the local kernel declares is not checked: it runs on z."""
+        check_event_shape(
+            self.flow,
+            self.component,
+            "flow",
+            shape,
+            f"build it for the data's shape ({flow_name(self.flow)}.event_shape or its dim)",
+        )
 
     def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
         """Chains at `x`: z = the carried latent where T(z) = x exactly, else T⁻¹(x); the local
