@@ -83,9 +83,17 @@ def save_checkpoint(state: dict[str, Any], directory: Path, round_index: int, ke
 
 
 def _write_failed(path: Path, error: OSError) -> CheckpointError:
+    if list_checkpoints(path.parent):
+        return CheckpointError(
+            f"could not write checkpoint {path} ({error}); the checkpoints already in "
+            f"{path.parent} are intact. Free space or fix the folder, then continue with "
+            f"--resume"
+        )
     return CheckpointError(
-        f"could not write checkpoint {path} ({error}); the checkpoints already in "
-        f"{path.parent} are intact. Free space or fix the folder, then continue with --resume"
+        f"could not write checkpoint {path} ({error}); it would have been the run's first, so "
+        f"there is none to continue from. Free space or fix the folder, then run the same "
+        f"command with --resume: it starts the run afresh there, keeping its logs in a dated "
+        f"subfolder"
     )
 
 

@@ -3,8 +3,10 @@ r"""One run: parse the config, build the experiment, resume if asked, fit with t
 from __future__ import annotations
 
 import math
+import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,9 +81,17 @@ def _run_locked(
         )
     checkpoint = latest_checkpoint(checkpoints)
     if resume and checkpoint is None:
-        raise CheckpointError(
-            f"--resume: no checkpoint in {checkpoints}; start the run without --resume, or "
-            f"point --out at the run to continue"
+        if not _leftover_logs(run_dir):
+            raise CheckpointError(
+                f"--resume: no checkpoint in {checkpoints}; start the run without --resume, "
+                f"or point --out at the run to continue"
+            )
+        resume = False  # killed before its first checkpoint: start afresh, keep its logs
+        kept = set_aside_earlier_logs(run_dir)
+        print(
+            f"ebmkit: note: {run_dir} has no checkpoint (the earlier run stopped before its "
+            f"first one), so the run starts afresh; the earlier logs are kept in {kept}",
+            file=sys.stderr,
         )
     if not resume and checkpoint is not None:
         raise CheckpointError(
@@ -89,7 +99,7 @@ def _run_locked(
             f"continue that run, or choose another --out"
         )
     if not resume:
-        _refuse_leftover_logs(run_dir)
+        _refuse_leftover_logs(run_dir, config)
     state = load_checkpoint(checkpoint) if resume else None
     stored = (state or {}).get("run") or {}
     all_bindings = [*stored.get("bindings", []), *bindings]
@@ -158,17 +168,41 @@ def _run_locked(
     }
 
 
-_LOGS = ("metrics.jsonl", "tb", "operative_config.gin")
+_LOGS = ("metrics.jsonl", "tb", "operative_config.gin", "samples")
 
 
-def _refuse_leftover_logs(run_dir: Path) -> None:
+def _leftover_logs(run_dir: Path) -> list[str]:
+    """The logs of an earlier run found in `run_dir` (names from `_LOGS`)."""
+    return [name for name in _LOGS if (run_dir / name).exists()]
+
+
+def set_aside_earlier_logs(run_dir: Path) -> Path:
+    """Move the logs of a run that stopped before its first checkpoint into a dated subfolder
+    `earlier-YYYYmmdd-HHMMSS[-k]` of `run_dir` (nothing deleted); return that folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in ["", *(f"-{k}" for k in range(1, 1000))]:
+        kept = run_dir / f"earlier-{stamp}{suffix}"
+        try:
+            kept.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - a thousand set-asides in one second
+        raise CheckpointError(f"{run_dir}: could not make a folder for the earlier logs")
+    for name in _leftover_logs(run_dir):
+        os.replace(run_dir / name, kept / name)
+    return kept
+
+
+def _refuse_leftover_logs(run_dir: Path, config: Path) -> None:
     """A fresh run never appends to another run's logs (one killed before its first save)."""
-    leftovers = [name for name in _LOGS if (run_dir / name).exists()]
+    leftovers = _leftover_logs(run_dir)
     if leftovers:
+        command = f"ebmkit run {shlex.quote(str(config))} --out {shlex.quote(str(run_dir))}"
         raise CheckpointError(
             f"{run_dir} holds {', '.join(leftovers)} of an earlier run but no checkpoint (it "
-            f"stopped before its first one, so it cannot be resumed); remove those files to "
-            f"start afresh there, or choose another --out"
+            f"stopped before its first one); `{command} --resume` starts it afresh there, "
+            f"keeping those logs in a dated subfolder, or choose another --out"
         )
 
 
