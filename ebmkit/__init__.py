@@ -52,6 +52,7 @@ from ebmkit.samplers.moves import (
     metropolis_accept,
     select_chains,
     ula_noise_scale,
+    uniform,
 )
 from ebmkit.samplers.validators import check_clamp
 from ebmkit.trainers.contrastive import Contrastive, RoundWork
@@ -118,4 +119,5 @@ __all__ = [
     "reset_registry",
     "select_chains",
     "ula_noise_scale",
+    "uniform",
 ]

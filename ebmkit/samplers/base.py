@@ -9,7 +9,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from ebmkit.autograd import differentiable_chains
+from ebmkit.autograd import differentiable_chains, energy_and_grad
 from ebmkit.protocols import Energy
 from ebmkit.records import ChainState, InitBatch, SampleResult, StepContext, StepInfo
 
@@ -115,8 +115,46 @@ def kept_from_previous(
     return previous.step_size, dict(previous.owned)
 
 
+GUIDE = "docs/writing-a-plugin.md"
+"""Where a kernel author reads what to write (cited by the errors below)."""
+
+
+def _missing_step_message(cls: type) -> str:
+    return (
+        f"{cls.__module__}.{cls.__qualname__} is a MarkovKernel without its own `step`: "
+        f"a kernel writes the public `step(self, state, energy, *, generator=None, "
+        f"context=None) -> (ChainState, StepInfo)` (one transition of every chain; "
+        f"`MarkovKernel.sample` loops over it) and, when it owns state or caches extras, "
+        f"`init(self, x, energy, *, previous=None) -> ChainState`. A kernel written for the "
+        f"old private API (`_transition(state, energy, index, n_steps, generator, *, "
+        f"final)`) renames it to `step` and reads index, n_steps and final from `context` "
+        f"(`context.index`, `context.n_steps`, `context.last`); see "
+        f"CHANGELOG.md ('Migrating from _transition') and {GUIDE}"
+    )
+
+
+def _missing_setting_message(kernel: object, name: str, used_for: str) -> str:
+    cls = type(kernel)
+    return (
+        f"{cls.__module__}.{cls.__qualname__} has no `{name}` attribute, which "
+        f"MarkovKernel reads for {used_for}. A MarkovKernel holds two settings by these "
+        f"names: `n_steps` (the default number of steps of `sample`) and `step_size` (what "
+        f"`current_step_size` and `scale_step_size` read and a rollback shrinks); declare "
+        f"them as attrs fields (e.g. `n_steps: int = 100`, `step_size: float`), or, for a "
+        f"kernel with no step size, override `current_step_size` and `scale_step_size` "
+        f"({GUIDE})"
+    )
+
+
 class MarkovKernel:
-    """Base of the built-in samplers: subclasses write `init` and `step`; this gives `sample`.
+    """Base of the built-in samplers: subclasses write `step` (and `init` when they own state
+    or cache extras); this gives `sample`.
+
+    A subclass holds two settings under these names: `n_steps` (the default length of
+    `sample`) and `step_size` (read by `current_step_size` and `scale_step_size`; a kernel
+    with no step size overrides those two). A subclass that defines the old private
+    `_transition` and no `step` is refused when its class is created (its plugin is listed
+    as broken, saying what to rename), and a call to the base `step` names what to write.
 
     The loop keeps every per-chain statistic as a tensor (no `.item()`, no host sync) and
     never keeps an autograd graph from one step to the next (unless `differentiable=True`).
@@ -127,8 +165,26 @@ class MarkovKernel:
     n_steps: int
     step_size: float
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Refuse a kernel written for the old API: `_transition` without a `step` of its own."""
+        super().__init_subclass__(**kwargs)
+        if "_transition" in cls.__dict__ and cls.step is MarkovKernel.step:
+            raise TypeError(_missing_step_message(cls))
+
     def init(self, x: Tensor, energy: Energy, *, previous: ChainState | None = None) -> ChainState:
-        raise NotImplementedError
+        """Chains at `x` with E and ∇E evaluated (one gradient evaluation); what `previous`
+        held that the kernel owns (per-chain step sizes, every `owned` entry) is kept as is.
+
+        Enough for a kernel that owns nothing and caches no extras. A kernel that adapts or
+        keeps per-chain state overrides it: it resolves its "not set yet" entries (a
+        persistent bank's NaN step sizes) and starts its own entries on a fresh chain, and
+        still keeps every `owned` entry of `previous` it does not own
+        (`kept_from_previous`). E, ∇E and extras of `previous` are never reused: the energy
+        has changed since.
+        """
+        step_size, owned = kept_from_previous(x, previous)
+        value, grad = energy_and_grad(energy, x)
+        return ChainState(x=x, energy=value, grad=grad, step_size=step_size, owned=owned)
 
     def init_cost(self, state: ChainState) -> EvaluationCounts:
         """What `init` spent to make `state` (see `default_init_cost`, the default).
@@ -163,12 +219,22 @@ class MarkovKernel:
         Inside `sample` the kernel holds the only reference to `state`, so it may drop it
         (``del state``) once the proposal is made, freeing the old ∇E before the next one.
         ``context.last`` allows leaving E/∇E unevaluated at the final point.
+
+        Raises:
+            NotImplementedError: on the base class, naming what a subclass writes.
         """
-        raise NotImplementedError
+        raise NotImplementedError(_missing_step_message(type(self)))
+
+    def _setting(self, name: str, used_for: str) -> float:
+        """`self.<name>`, or a TypeError naming the two settings a MarkovKernel holds."""
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            raise TypeError(_missing_setting_message(self, name, used_for)) from None
 
     def current_step_size(self) -> float:
         """The configured step size h (after any `scale_step_size`)."""
-        return self.step_size
+        return self._setting("step_size", "current_step_size()")
 
     def scale_step_size(self, factor: float) -> None:
         """Step size h ← factor·h and noise σ ← sqrt(factor)·σ (when set apart from h).
@@ -178,7 +244,7 @@ class MarkovKernel:
         """
         if not (math.isfinite(factor) and factor > 0):
             raise ValueError(f"a step-size factor must be finite and > 0, got {factor}")
-        self.step_size = self.step_size * factor
+        self.step_size = self._setting("step_size", "scale_step_size()") * factor
         if getattr(self, "noise_scale", None) is not None:
             self.noise_scale = self.noise_scale * math.sqrt(factor)
 
@@ -211,7 +277,8 @@ class MarkovKernel:
             kernels), the costs (gradient, energy-only and flow evaluations, `init`
             included), the energy trace and the steps' averaged stats.
         """
-        n_steps = self.n_steps if n_steps is None else n_steps
+        if n_steps is None:
+            n_steps = self._setting("n_steps", "sample() called without n_steps")
         if n_steps < 0:
             raise ValueError(f"n_steps must be >= 0, got {n_steps}")
         x0, previous = (start.x, start.state) if isinstance(start, InitBatch) else (start, None)

@@ -3,6 +3,7 @@ r"""Integrator pieces shared by every Langevin-type kernel: the drift move and t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -15,6 +16,7 @@ __all__ = [
     "metropolis_accept",
     "select_chains",
     "ula_noise_scale",
+    "uniform",
 ]
 
 
@@ -35,6 +37,28 @@ def gaussian_noise(like: Tensor, generator: torch.Generator | None = None) -> Te
     if generator is None:  # the same draws from the global RNG, with less argument parsing
         return torch.randn_like(like)
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def uniform(
+    shape: Sequence[int],
+    *,
+    like: Tensor,
+    generator: torch.Generator | None = None,
+    low: float = 0.0,
+    high: float = 1.0,
+) -> Tensor:
+    """U[low, high) draws of `shape` on `like`'s device and dtype, from `generator` (the
+    global RNG when None), e.g. an MH test's u per chain or a Barker kernel's sign flips.
+
+    Example:
+        >>> x = torch.zeros(3, 2)
+        >>> uniform(x.shape[:1], like=x, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([3])
+    """
+    if not low < high:
+        raise ValueError(f"uniform needs low < high, got low={low}, high={high}")
+    draws = torch.rand(tuple(shape), generator=generator, device=like.device, dtype=like.dtype)
+    return draws if (low, high) == (0.0, 1.0) else low + (high - low) * draws
 
 
 def clip_gradient(grad: Tensor, limit: float | None) -> Tensor:

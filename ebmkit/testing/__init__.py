@@ -52,6 +52,7 @@ from ebmkit.testing.cases import (
     registered_sampler_cases,
 )
 from ebmkit.testing.contract import (
+    CARRIED_OWNED,
     FOREIGN_OWNED,
     GradientCounter,
     check_continuation,
@@ -100,6 +101,7 @@ from ebmkit.testing.targets import (
 
 __all__ = [
     "ANY_SHAPE",
+    "CARRIED_OWNED",
     "CASES_METHOD",
     "FAR_START",
     "FLOWERS_COLOURS",

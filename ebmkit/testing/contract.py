@@ -16,6 +16,7 @@ from ebmkit.testing.fixtures import finished_round
 from ebmkit.testing.targets import F64, STANDARD_GAUSSIAN
 
 __all__ = [
+    "CARRIED_OWNED",
     "FOREIGN_OWNED",
     "GradientCounter",
     "check_continuation",
@@ -26,6 +27,11 @@ __all__ = [
 
 FOREIGN_OWNED = "ebmkit.testing/foreign"
 """An `owned` key no kernel uses: a lone `step` must hand it on unchanged."""
+
+CARRIED_OWNED = "ebmkit.testing/carried"
+"""An `owned` key `check_continuation` plants in the state a chain continues from: `init`
+must keep it from `previous` and every step hand it on, so an `init` that ignores `previous`
+fails even in a kernel that owns nothing itself."""
 
 
 def _same(a: Tensor | None, b: Tensor | None) -> bool:
@@ -169,6 +175,12 @@ def check_continuation(
     so must `result.step_size`. With an adaptive kernel, pick its adaptation length between
     `n_steps` and `2·n_steps` so the carry-over is checked.
 
+    The compared chains' first draw also carries an `owned` entry of the check's own
+    (`CARRIED_OWNED`, per-chain marks), planted in the state the kernel continues: it goes
+    through the kernel's `init` and steps, the bank and its checkpoint, and must come back
+    unchanged after the second draw. So an `init` that ignores `previous` fails even when
+    the kernel owns nothing (no step size, no `owned` of its own) and 2N = N + N would hold.
+
     Arguments:
         case: a SamplerCase or a bare sampler.
         n_chains: the batch size (the bank holds twice as many).
@@ -192,16 +204,31 @@ def check_continuation(
         "other": torch.Generator().manual_seed(seed + 1),
         "compared": torch.Generator().manual_seed(seed),
     }
+    mark = torch.arange(n_chains, dtype=torch.int64) + 1
     second = None
     for index, half in enumerate(("other", "compared", "other", "compared"), start=1):
         if index == 3:
             bank = _reloaded(bank, start)
         batch = bank.sample(n_chains)
+        if index == 2:  # the compared chains' first draw: plant the check's own entry
+            owned = {**batch.state.owned, CARRIED_OWNED: mark}
+            batch = attrs.evolve(batch, state=attrs.evolve(batch.state, owned=owned))
         result = sampler.sample(energy, batch, n_steps, generator=generators[half])
         bank.update(finished_round(index, batch, result))
         second = result if half == "compared" else second
 
-    differences = state_differences(whole.state, second.state)
+    carried = second.state.owned.get(CARRIED_OWNED)
+    differences = []
+    if carried is None:
+        differences.append(
+            f"owned[{CARRIED_OWNED!r}], planted in the state the compared chains continued "
+            f"from, is gone: `init(x, energy, previous=...)` must keep every `owned` entry of "
+            f"`previous` (kept_from_previous) and `step` hand it on"
+        )
+    elif not _same(carried, mark):
+        differences.append(f"owned[{CARRIED_OWNED!r}] changed: {_describe(carried, mark)}")
+    without = {key: value for key, value in second.state.owned.items() if key != CARRIED_OWNED}
+    differences += state_differences(whole.state, attrs.evolve(second.state, owned=without))
     for name in ("x", "step_size"):
         if not _same(getattr(whole, name), getattr(second, name)):
             differences.append(

@@ -221,7 +221,9 @@ class MixtureReport:
     Arguments:
         case: the case's label.
         thresholds: the points t where P(X < t) is compared (left mode, split, right mode).
-        probabilities, expected: P(X < t) of the final states and of the target.
+        barrier: the window (a, b) around the split whose mass P(a < X < b) is compared too.
+        probabilities, expected: P(X < t) at each threshold, then the barrier's mass, of
+            the final states and of the target (`events` names each entry).
         z: their differences in standard errors; allowed: the largest |z| allowed.
         crossings: basin-to-basin moves summed over chains and steps.
         crossed: the fraction of chains that crossed at least once.
@@ -231,6 +233,7 @@ class MixtureReport:
 
     case: str
     thresholds: tuple[float, ...]
+    barrier: tuple[float, float]
     probabilities: Tensor
     expected: Tensor
     z: Tensor
@@ -246,13 +249,19 @@ class MixtureReport:
         return self.crossings / self.n_chains
 
     @property
+    def events(self) -> tuple[str, ...]:
+        """What each entry of `probabilities` is the probability of, e.g. ``"X < 0"``."""
+        low, high = self.barrier
+        return (*(f"X < {t:g}" for t in self.thresholds), f"{low:g} < X < {high:g}")
+
+    @property
     def left_weight(self) -> float:
         """The fraction of chains left of the split between the two modes."""
         return self.probabilities[1].item()
 
     def __str__(self) -> str:
         return (
-            f"{self.case}: P(X < t) at t = {list(self.thresholds)}: "
+            f"{self.case}: P of {list(self.events)}: "
             f"{_fmt(self.probabilities)} vs exact {_fmt(self.expected)}, z = {_fmt(self.z)} "
             f"(allowed |z| < {_fmt(self.allowed)}); crossings {self.crossings} "
             f"({self.crossings_per_chain:.2f} per chain, {self.crossed:.0%} of chains crossed); "
@@ -267,6 +276,7 @@ def check_mixture(
     n_chains: int = 4000,
     n_steps: int = 400,
     min_crossings_per_chain: float = 2.0,
+    barrier: float = 0.15,
     z_max: float = Z_MAX,
     seed: int = 0,
 ) -> MixtureReport:
@@ -278,8 +288,14 @@ def check_mixture(
     total, last step, adaptation on), and each step's positions are watched: a crossing is a
     move from one basin (beyond halfway from the split to the first or last mode) to the
     other. The check asserts at least `min_crossings_per_chain` crossings per chain, then
-    P(X < t) at the left mode, the split (the mode weights) and the right mode against the
-    exact CDF, each within `z_max` binomial standard errors (plus the case's bias_tolerance).
+    P(X < t) at the left mode, the split (the mode weights) and the right mode, and the
+    barrier's mass P(|X − split| < barrier·gap), against the exact law, each within `z_max`
+    binomial standard errors (plus the case's bias_tolerance).
+
+    The barrier's mass is what a wrong acceptance rule moves first: MALA whose MH ratio drops
+    the backward proposal density q(x|y) accepts too often, fills the barrier (P(|X| < 0.3)
+    z ≈ +11 at step 0.2, +8 at step 0.1, seeds 0–3) while the three CDF points move by
+    z ≈ 4–7 at most, near the tolerance. Too narrow a law (a missing noise term) empties it.
 
     Arguments:
         case: a SamplerCase, or a bare sampler (held to the target, as exact).
@@ -288,6 +304,8 @@ def check_mixture(
         n_chains, n_steps: the budget (4000 × 400: SE 0.007 on the left weight).
         min_crossings_per_chain: fewer crossings fail the check (the weights would then say
             nothing about mixing between the modes).
+        barrier: the half-width of the window around the split, as a fraction of the
+            distance between the first and last modes (0.15: |X| < 0.3 on the default).
         z_max: the tolerance in standard errors.
         seed: seeds the starting points and the run's generator.
 
@@ -323,12 +341,16 @@ def check_mixture(
         where = now
     x = state.x.detach().to(F64)[:, 0]
     thresholds = (left, split, right)
-    expected = torch.tensor([target.cdf(t) for t in thresholds], dtype=F64)
-    probabilities = torch.stack([(x < t).to(F64).mean() for t in thresholds])
+    window = (split - barrier * (right - left), split + barrier * (right - left))
+    exact = [target.cdf(t) for t in thresholds] + [target.cdf(window[1]) - target.cdf(window[0])]
+    expected = torch.tensor(exact, dtype=F64)
+    inside = ((x > window[0]) & (x < window[1])).to(F64).mean()
+    probabilities = torch.stack([*((x < t).to(F64).mean() for t in thresholds), inside])
     se = torch.sqrt(expected * (1 - expected) / n_chains)
     report = MixtureReport(
         case=case.label,
         thresholds=thresholds,
+        barrier=window,
         probabilities=probabilities,
         expected=expected,
         z=(probabilities - expected) / se,
@@ -345,7 +367,7 @@ def check_mixture(
             f"< {min_crossings_per_chain}; a larger step or a kernel that mixes is needed)"
         )
     if not (report.z.abs() < report.allowed).all():
-        failures.append("the mode weights or shapes are off")
+        failures.append("the mode weights or shapes are off (P(X < t) or the barrier's mass)")
     if failures:
         raise AssertionError(
             f"mixture {list(target.weights)} after {n_steps} steps of {n_chains} chains "
