@@ -43,3 +43,15 @@ def test_flow_mcmc_mixing_quick_prints_every_row_and_flow_mcmc_crosses() -> None
     ]
     assert [row[2] for row in rows[:2]] == ["yes", "yes"]  # flow-MCMC reaches 0.2 ± 0.05
     assert rows[2][2] == "no"  # MALA does not within its (quick) cap of 2000 gradients
+
+
+@pytest.mark.slow
+def test_combinations_quick_prints_each_row_at_its_groups_equal_budget() -> None:
+    command = [sys.executable, str(BENCHMARKS / "combinations.py"), "--quick"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    rows = [
+        line.split(" | ") for line in done.stdout.splitlines() if line[:5] in ("| A |", "| B |")
+    ]
+    assert [(row[0], row[2]) for row in rows] == [("| A", "10")] * 3 + [("| B", "25")] * 3
+    assert "(combination)" in rows[0][1] and "(combination)" in rows[3][1]
+    assert "gradient budget checked equal within each group" in done.stdout
