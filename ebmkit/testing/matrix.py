@@ -11,7 +11,9 @@ the first run's round 2. A pair a component refuses (`IncompatibleError` from it
 reason; a component whose `testing_cases` is missing or broken is a failing pair, never a
 skip. The sampler of each pair is its registered class's first `testing_cases()` case, used
 as it is on both shapes: a sampler whose case is bound to one shape refuses the other
-through its own `check_compatible`.
+through its own `check_compatible`. Every case an initializer's `testing_cases(shape)`
+returns is crossed with every sampler, so an initializer offers one case per variant worth
+crossing (`initializers.Flow`: one per registered flow; the others one).
 
 `tests/test_composability_matrix.py` runs every pair; `scripts/composability_table.py`
 runs them and writes `docs/composability.md` (`render_table`).
@@ -31,7 +33,7 @@ from torch import nn
 
 from ebmkit.checkpoint.files import load_checkpoint, save_checkpoint
 from ebmkit.checkpoint.rng import get_rng_state, seed_everything, set_rng_state
-from ebmkit.compatibility import IncompatibleError
+from ebmkit.compatibility import IncompatibleError, check_compatible
 from ebmkit.registry import Registry, get_registry
 from ebmkit.testing.cases import RegisteredCase, registered_sampler_cases
 from ebmkit.testing.shape_cases import (
@@ -125,11 +127,8 @@ class MatrixPair:
 
     @property
     def initializer_label(self) -> str:
-        """``initializers.<Name>`` or ``initializers.<Name>[<case>]`` for a named variant."""
-        entry = self.initializer
-        if entry.component == "Flow" or entry.problem is not None:
-            return f"initializers.{entry.component}[{entry.name}]"
-        return f"initializers.{entry.component}"
+        """``initializers.<Name>[<case>]``, e.g. ``initializers.Flow[CPFlow]``."""
+        return f"initializers.{self.initializer.component}[{self.initializer.name}]"
 
 
 @attrs.frozen(kw_only=True)
@@ -212,25 +211,36 @@ def _trainer(components: dict[str, Any]) -> Any:
     )
 
 
-def _refusal(pair: MatrixPair) -> str | None:
-    """Why the pair cannot be built (the initializer case's refusal, or a component's
-    `check_compatible`), or None; AssertionError for a component's problem."""
-    pair.sampler.get()
+def _refusal(pair: MatrixPair, energy: nn.Module | None = None) -> str | None:
+    """Why the pair cannot run (the initializer case's refusal, or a component's
+    `check_compatible`), or None; AssertionError for a component's problem.
+
+    With `energy`, the components' `check_compatible` is called as the trainer calls it
+    (nothing built, nothing copied); without, a trainer is built, which calls it.
+    """
+    sampler = pair.sampler.get().sampler
     if pair.initializer.problem is not None:
         raise AssertionError(pair.initializer.problem)
     if pair.initializer.refused is not None:
         return pair.initializer.refused
     try:
-        _trainer(_components(pair))
+        if energy is None:
+            _trainer(_components(pair))
+        else:
+            check_compatible(
+                sampler=sampler, initializer=pair.initializer.case, energy=energy, shape=pair.shape
+            )
     except IncompatibleError as error:
         return str(error)
     return None
 
 
-def planned_outcome(pair: MatrixPair) -> PairOutcome:
+def planned_outcome(pair: MatrixPair, energy: nn.Module | None = None) -> PairOutcome:
     """The pair's outcome without training: "refused" with the reason when a component
-    refuses it at build, else "ran" (what `run_pair` must then confirm)."""
-    reason = _refusal(pair)
+    refuses it, else "ran" (what `run_pair` must then confirm). `energy`: the pair's
+    energy (`toy_energy(pair.shape)`) to check against without building a trainer (cheap:
+    what `trainers.Contrastive` calls when built); None builds the trainer."""
+    reason = _refusal(pair, energy)
     return PairOutcome(pair=pair, status="ran" if reason is None else "refused", reason=reason)
 
 
@@ -323,6 +333,8 @@ def render_table(outcomes: Sequence[PairOutcome], measured: str | None = None) -
         columns = list(dict.fromkeys(o.pair.initializer_label for o in chosen))
         rows = list(dict.fromkeys(o.pair.sampler_label for o in chosen))
         grid = {(o.pair.sampler_label, o.pair.initializer_label): o for o in chosen}
+        if len(grid) != len(chosen):
+            raise ValueError(f"two {shape_name} pairs share a sampler and initializer label")
         notes: dict[str, int] = {}
         lines.append(
             "| initializer | " + " | ".join(r.removeprefix("samplers.") for r in rows) + " |"

@@ -9,7 +9,8 @@ box, a generator's output, a flow's parameters), so its cases are made for a sha
   each named; a variant that cannot serve the shape is a `ShapeCase` with `refused` set to
   the reason (what would fit), never left out. An initializer that needs something more
   (data, a flow, networks) builds a small one itself: `Data` its own tiny seeded dataset,
-  `Flow` one case per registered flow.
+  `Flow` one case per registered flow. The composability matrix crosses every case with
+  every sampler: offer one case per variant worth crossing (usually one).
 - a registered **flow** offers ``testing_cases(shape=None) -> list[Flow]``: with no shape,
   its own small cases for `ebmkit.testing.flows`' checks (unchanged); with a shape, small
   float32 instances of that event shape (seeded, the global RNG untouched), or it raises
