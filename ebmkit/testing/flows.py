@@ -1,12 +1,15 @@
 r"""Checks every registered flow passes (a plugin's flow tests call them too), and its cases.
 
 **The convention for registered flows.** Every registered flow (core or plugin) offers a
-classmethod ``testing_cases() -> list`` of small configured instances (an `ebmkit.Flow`,
-usually a `FlowModule`; a few coordinates, or a small image, so the autograd Jacobian is
-cheap), seeded without touching the global RNG and away from the identity (a fresh flow
-started at the identity would pass a wrong log-det). ``tests/test_flows.py`` reads the
-registry (`registered_flow_cases`) and runs every check below on every case; a registered
-flow without cases fails there with a message saying what to add.
+classmethod ``testing_cases(shape=None) -> list`` of small configured instances (an
+`ebmkit.Flow`, usually a `FlowModule`; a few coordinates, or a small image, so the autograd
+Jacobian is cheap), seeded without touching the global RNG and away from the identity (a
+fresh flow started at the identity would pass a wrong log-det). ``tests/test_flows.py`` reads
+the registry (`registered_flow_cases`, which calls it with no shape) and runs every check
+below on every case; a registered flow without cases fails there with a message saying what
+to add. Given a `shape`, the method returns instances of that event shape for the
+composability matrix, or raises `ebmkit.compatibility.IncompatibleError` saying why it cannot
+serve it (see `ebmkit.testing.shape_cases`).
 
 The checks (each raises AssertionError with the numbers, and works on copies: the flow
 given is left as it was):
@@ -60,7 +63,8 @@ __all__ = [
 ]
 
 FLOW_CASES_METHOD = "testing_cases"
-"""The classmethod a registered flow defines: ``testing_cases() -> list[FlowModule]``."""
+"""The classmethod a registered flow defines: ``testing_cases(shape=None) -> list[FlowModule]``
+(called here with no shape)."""
 
 ANY_SHAPE = (3, 4, 4)
 """The event shape the checks use for a flow built for any shape (``event_shape=None``)."""
