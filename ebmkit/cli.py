@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +16,36 @@ from ebmkit.config import parse_config
 from ebmkit.errors import EbmkitError, RunInterrupted
 from ebmkit.registry import Registry, reset_registry
 
-__all__ = ["main"]
+__all__ = ["DEBUG_ENV", "main", "unexpected_error_line"]
+
+DEBUG_ENV = "EBMKIT_DEBUG"
+"""Set to 1 for the traceback of an unexpected error (as `ebmkit --debug ...`)."""
+
+
+def unexpected_error_line(error: BaseException) -> str:
+    """One line for an error no ebmkit check anticipated (a component's ValueError while a run
+    is running, ...): the innermost registered component in its traceback, the error type and
+    message, and how to see the traceback."""
+    from ebmkit.registry import get_registry
+
+    registry = get_registry()
+    names = {
+        component.factory: component.gin_name
+        for kind in registry.kinds()
+        for component in registry.components(kind)
+    }
+    where = None
+    for frame, _ in reversed(list(traceback.walk_tb(error.__traceback__))):
+        owner = frame.f_locals.get("self")
+        if owner is not None and type(owner) in names:
+            where = names[type(owner)]
+            break
+    message = " ".join(str(error).split()) or "(no message)"
+    prefix = "" if where is None or message.startswith(where) else f"in {where}: "
+    return (
+        f"{prefix}{message} ({type(error).__name__}; rerun with --debug, or {DEBUG_ENV}=1, for "
+        f"the traceback)"
+    )
 
 
 def _parser(registry: Registry) -> argparse.ArgumentParser:
@@ -29,6 +60,11 @@ def _parser(registry: Registry) -> argparse.ArgumentParser:
         default=[],
         metavar="no:NAME",
         help="block a plugin by name (repeatable), e.g. -p no:stanley",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the traceback of an unexpected error (also {DEBUG_ENV}=1)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -212,6 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return interrupted.exit_status
     except EbmkitError as error:
         print(f"ebmkit: error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # a component's own check while running: one line, no trace
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"ebmkit: error: {unexpected_error_line(error)}", file=sys.stderr)
         return 1
     return 0 if status is None else status
 

@@ -7,6 +7,7 @@ import linecache
 import logging
 import re
 import shlex
+import tokenize
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,7 +19,14 @@ import gin
 from ebmkit.errors import ConfigError
 from ebmkit.registry import Registry, get_registry
 
-__all__ = ["build_configured", "explain_build_error", "parse_config", "set_rounds"]
+__all__ = [
+    "build_configured",
+    "check_binding_syntax",
+    "explain_build_error",
+    "parse_config",
+    "set_rounds",
+    "unused_bindings",
+]
 
 _UNKNOWN_CONFIGURABLE = re.compile(r"No configurable matching (?:reference )?'@?([\w.]+)")
 _UNKNOWN_PARAMETER = re.compile(r"Configurable '([\w.]+)' doesn't have a parameter named")
@@ -39,6 +47,7 @@ def parse_config(
         shipped = sorted(str(p) for p in Path("gin").glob("*.gin")) if Path("gin").is_dir() else []
         hint = f"; configs here: {', '.join(shipped)}" if shipped else ""
         raise ConfigError(f"config file {config} does not exist{hint}")
+    check_binding_syntax(bindings)
     gin.clear_config()
     for folder in (config.parent, config.parent.parent):
         gin.add_config_file_search_path(str(folder))
@@ -52,6 +61,85 @@ def parse_config(
         raise ConfigError(_explain(str(error), config, registry)) from error
     finally:
         logging.disable(logging.NOTSET)
+
+
+VALUE_FORMS = (
+    "numbers (0.01, 1e-3, 100), 'strings' in quotes, True / False / None, tuples (16, 16), "
+    "lists [1, 2], dicts {'a': 1}, references @kind.Name() (built) or @kind.Name (the "
+    "factory), macros %NAME"
+)
+_UNPARSED_TOKEN = re.compile(r"Failed to parse token '([^']*)'")
+
+
+def check_binding_syntax(bindings: Sequence[str]) -> None:
+    """Raise ConfigError naming the first `--bind` whose text gin cannot parse, and the value
+    forms gin accepts (gin's own message would name the config file's line 1)."""
+    from gin import config_parser
+
+    for binding in bindings:
+        try:
+            list(config_parser.ConfigParser(binding, gin.config.ParserDelegate(skip_unknown=True)))
+        except (SyntaxError, ValueError, tokenize.TokenError) as error:
+            raise ConfigError(
+                f"--bind {_quoted(binding)}: {_parse_problem(binding, error)}; a binding is "
+                f"`kind.Name.parameter = value` (or `MACRO = value`) and gin reads these "
+                f"values: {VALUE_FORMS}"
+            ) from error
+
+
+def _parse_problem(binding: str, error: Exception) -> str:
+    """What is wrong with a binding gin could not parse, in words (no parser internals)."""
+    name, equals, value = binding.partition("=")
+    if not equals:
+        return "it has no '='"
+    if not value.strip():
+        return f"no value after '=' for {name.strip()}"
+    if token := _UNPARSED_TOKEN.search(str(error)):
+        return f"{token.group(1)!r} in {value.strip()!r} is not a value gin reads"
+    reason = str(error).splitlines()[0]
+    reason = re.sub(r"\s*\(line \d+\)$", "", reason)
+    return f"the value {value.strip()!r} does not parse ({reason})"
+
+
+def unused_bindings(bindings: Sequence[str]) -> list[str]:
+    """The `--bind` strings, among `bindings`, that bind a parameter of a configurable this run
+    never builds nor references (e.g. `samplers.MALA.step_size` in a Langevin config): call
+    after the experiment is built. Macros are not checked."""
+    from gin import config_parser
+
+    built = {selector for _, selector in gin.config._OPERATIVE_CONFIG}
+    referenced = {
+        reference.configurable.selector
+        for values in gin.config._CONFIG.values()
+        for reference in _references(values)
+    }
+    unused = []
+    for binding in bindings:
+        delegate = gin.config.ParserDelegate(skip_unknown=True)
+        for statement in config_parser.ConfigParser(binding, delegate):
+            if not isinstance(statement, config_parser.BindingStatement):
+                continue
+            if not statement.arg_name:  # a macro
+                continue
+            configurable = gin.config._REGISTRY.get_match(statement.selector)
+            if configurable is None:
+                continue
+            if configurable.selector not in built | referenced:
+                unused.append(binding)
+                break
+    return unused
+
+
+def _references(value: Any) -> Iterator[Any]:
+    """Every gin ConfigurableReference inside a bound value (dicts, lists, tuples)."""
+    if isinstance(value, gin.config.ConfigurableReference):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _references(item)
+    elif isinstance(value, list | tuple | set):
+        for item in value:
+            yield from _references(item)
 
 
 def _explain(message: str, config: Path, registry: Registry) -> str:

@@ -20,7 +20,7 @@ from ebmkit.checkpoint.files import (
     remove_orphaned_temporaries,
 )
 from ebmkit.checkpoint.rng import seed_everything, set_rng_state
-from ebmkit.config import explain_build_error, parse_config, set_rounds
+from ebmkit.config import explain_build_error, parse_config, set_rounds, unused_bindings
 from ebmkit.errors import CheckpointError, ConfigError
 from ebmkit.protocols import Trainer
 from ebmkit.runs.experiment import Experiment
@@ -117,6 +117,12 @@ def _run_locked(
         raise explain_build_error(error, config, all_bindings) from error
     trainer = experiment.trainer
     _check_trainer(trainer, config)
+    for binding in unused_bindings(bindings):
+        print(
+            f"ebmkit: note: --bind {binding!r} has no effect: this run never builds that "
+            f"component (its operative_config.gin lists the ones it builds)",
+            file=sys.stderr,
+        )
     operative_config = gin.operative_config_str()
     if state is not None:
         _check_resume(state, operative_config, checkpoint, trainer, accept_config_change)
