@@ -34,9 +34,11 @@ class Energy(Protocol):
 class Sampler(Protocol):
     """A batched Markov kernel on an energy (BlackJAX shape: `init` then repeated `step`).
 
-    The sampler holds settings only; every chain quantity lives in the ChainState. `step` is
-    the one method a kernel writes; `sample` loops over it (`ebmkit.MarkovKernel` gives the
-    loop). A kernel that moves x drops every cached extra it does not recompute.
+    The sampler holds settings only; every chain quantity lives in the ChainState. A sampler
+    has all three methods below. Built on `ebmkit.MarkovKernel`, a kernel writes `step`, and
+    `init` only when it owns per-chain state or caches extras: MarkovKernel gives `sample`
+    (the loop over `step`) and an `init` that evaluates E and ∇E and keeps what `previous`
+    owned. A kernel that moves x drops every cached extra it does not recompute.
     """
 
     n_steps: int

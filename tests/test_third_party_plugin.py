@@ -82,8 +82,9 @@ def test_ebmkit_plugins_lists_hmc_under_its_distribution(site: Path) -> None:
     assert "leapfrog" in row
 
 
+@pytest.mark.slow
 def test_the_plugin_comes_from_the_installed_copy(site: Path) -> None:
-    """The distribution found is the one in `site` (it precedes any other install)."""
+    """The distribution found is the one in `site` (it precedes any other install): ~5–9 s."""
     probe = (
         "import importlib.metadata as m, ebmkit_hmc; "
         "(e,) = [e for e in m.entry_points(group='ebmkit') if e.name == 'hmc']; "

@@ -12,14 +12,18 @@ The checks:
   Gaussian (`STANDARD_GAUSSIAN`), or an unadjusted kernel's exact biased law.
 - `check_mixture`: on 0.25·N(−1, .45²) + 0.75·N(1, .45²) (`STANDARD_MIXTURE`), chains started
   in reversed proportions cross between the modes (at least 2 crossings per chain) and reach
-  the mode weights.
+  the mode weights, P(X < t) at both modes, and the barrier's mass P(|X| < 0.3), which a
+  wrong MH ratio (MALA without the backward proposal density q(x|y)) fills: z ≈ +8 to +13
+  where the CDF points alone gave 4–7.
 - `check_moment_power`: the moment check fails unadjusted Langevin at a step where its O(h)
   bias is measurable, and passes it against its exact law (`langevin_moments`; the stationary
   covariance in closed form: `ula_stationary_covariance`).
 - `check_reproducible`: the same `torch.Generator` seed gives the same chains bit for bit,
   another seed differs, the global RNG is untouched.
 - `check_continuation`: 2N steps equal N steps plus N continued through
-  `initializers.Persistent` (and its checkpoint), bit for bit, kernel-owned state included.
+  `initializers.Persistent` (and its checkpoint), bit for bit, kernel-owned state included;
+  an `owned` entry the check plants (`CARRIED_OWNED`) must be carried, so an `init` that
+  ignores `previous` fails even in a kernel that owns nothing.
 - `check_contract`: shapes, no NaN, `n_grad_evals` equal to the gradients really taken, no
   graph unless `differentiable=True`, and a lone `step` hands on `owned` entries it does
   not own.
@@ -33,6 +37,14 @@ runs every check on every case, so a new plugin's kernel is covered without edit
 tests; a registered sampler without cases fails there with a message saying what to add.
 Define the method on the registered class itself (an inherited one is refused), and import
 `ebmkit.testing` inside it (the module needs the samplers, not the other way round).
+
+**Which check guards what.** A wrong MH ratio: `check_gaussian_moments` (covariance along the
+principal axes) and `check_mixture` (the barrier's mass); an unadjusted bias: both, against
+the case's law or tolerance; no mixing: `check_mixture`'s crossings and the Gaussian's far
+start; RNG discipline: `check_reproducible`; state carried across rounds:
+`check_continuation`; costs, shapes, graphs and foreign `owned` entries: `check_contract`.
+A plugin's tests show each fails a deliberately wrong variant of its kernel
+(docs/writing-a-plugin.md).
 
 Example:
     >>> from ebmkit.samplers.mala import MALA
