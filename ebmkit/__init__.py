@@ -12,6 +12,7 @@ from ebmkit.errors import (
     DatasetNotFoundError,
     DivergenceError,
     EbmkitError,
+    IncompatibleError,
     PluginLoadError,
     UnknownComponentError,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DivergenceError",
     "EbmkitError",
+    "IncompatibleError",
     "Energy",
     "InitBatch",
     "Initializer",

@@ -210,6 +210,15 @@ def _print_config(config: Path, bindings: Sequence[str]) -> None:
     print(gin.config_str())
 
 
+_GIN_CALL_NOTE = "\n  In call to configurable"
+
+
+def _without_gin_call_note(message: str) -> str:
+    """An ebmkit error raised inside a gin configurable, without the line gin appends to it
+    ("In call to configurable 'Contrastive' (...)"): the message already names the component."""
+    return message.split(_GIN_CALL_NOTE, 1)[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ebmkit` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -247,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ebmkit: {interrupted}", file=sys.stderr)
         return interrupted.exit_status
     except EbmkitError as error:
-        print(f"ebmkit: error: {error}", file=sys.stderr)
+        print(f"ebmkit: error: {_without_gin_call_note(str(error))}", file=sys.stderr)
         return 1
     except Exception as error:  # a component's own check while running: one line, no trace
         if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):

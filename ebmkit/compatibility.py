@@ -7,12 +7,14 @@ it cannot run, saying why and what would fit.
 
     def check_compatible(
         self, *, sampler: Sampler, initializer: Initializer, energy: Energy,
-        shape: tuple[int, ...] | None,
+        shape: tuple[int, ...] | None, batch_size: int | None = None,
     ) -> None: ...
 
-keyword-only, all four always passed: the run's sampler, initializer and energy (the
-component itself among them) and `shape`, the shape of one chain (of one data item; None
-when the data does not say). It returns None when the combination works and raises
+keyword-only, all five always passed by a trainer: the run's sampler, initializer and energy
+(the component itself among them), `shape`, the shape of one chain (of one data item; None
+when the data does not say), and `batch_size`, the chains a round asks for (None: unknown).
+A settings clash across components (a persistent bank smaller than the batch) is refused
+here too, before the run folder gets any log. It returns None when the combination works and raises
 `IncompatibleError` (a `ConfigError`: the CLI prints one ``ebmkit: error:`` line and exits
 1) when it cannot, naming both components, the value that clashes and the binding that would
 fit. `trainers.Contrastive` (and so every trainer built on it) calls `check_compatible` for
@@ -28,14 +30,14 @@ for vectors asked for images): see `ebmkit.testing.shape_cases`.
 
 Example:
     >>> class VectorsOnly:
-    ...     def check_compatible(self, *, sampler, initializer, energy, shape):
+    ...     def check_compatible(self, *, sampler, initializer, energy, shape, batch_size=None):
     ...         if shape is not None and len(shape) != 1:
     ...             raise IncompatibleError(f"VectorsOnly needs vectors, got chains of {shape}")
     >>> check_compatible(sampler=VectorsOnly(), initializer=None, energy=None, shape=(2,))
     >>> check_compatible(sampler=VectorsOnly(), initializer=None, energy=None, shape=(1, 8, 8))
     Traceback (most recent call last):
     ...
-    ebmkit.compatibility.IncompatibleError: VectorsOnly needs vectors, got chains of (1, 8, 8)
+    ebmkit.errors.IncompatibleError: VectorsOnly needs vectors, got chains of (1, 8, 8)
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from typing import Any
 
 import torch
 
-from ebmkit.errors import ConfigError
+from ebmkit.errors import IncompatibleError
 
 __all__ = [
     "CHECK_METHOD",
@@ -62,11 +64,6 @@ CHECK_METHOD = "check_compatible"
 """The method a component defines to refuse a combination (see the module's docstring)."""
 
 
-class IncompatibleError(ConfigError):
-    """Components that cannot run together (or a shape a component cannot serve): why, and
-    what would fit. A `ConfigError`, so the CLI prints it as one ``ebmkit: error:`` line."""
-
-
 def data_shape(dataset: Any) -> tuple[int, ...] | None:
     """The shape of one item of `dataset` (its input tensor for (x, label) items): the shape
     of one chain. None when the dataset is empty or its items are not tensors."""
@@ -81,7 +78,12 @@ def data_shape(dataset: Any) -> tuple[int, ...] | None:
 
 
 def check_compatible(
-    *, sampler: Any, initializer: Any, energy: Any, shape: Sequence[int] | None
+    *,
+    sampler: Any,
+    initializer: Any,
+    energy: Any,
+    shape: Sequence[int] | None,
+    batch_size: int | None = None,
 ) -> None:
     """Call `check_compatible` on the sampler, the initializer and the energy (each that
     defines it), in that order; the first refusal (`IncompatibleError`) propagates."""
@@ -89,7 +91,13 @@ def check_compatible(
     for component in (sampler, initializer, energy):
         check = getattr(component, CHECK_METHOD, None)
         if callable(check):
-            check(sampler=sampler, initializer=initializer, energy=energy, shape=shape)
+            check(
+                sampler=sampler,
+                initializer=initializer,
+                energy=energy,
+                shape=shape,
+                batch_size=batch_size,
+            )
 
 
 def component_name(component: object) -> str:

@@ -8,6 +8,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DivergenceError",
     "EbmkitError",
+    "IncompatibleError",
     "OutputPathError",
     "PluginLoadError",
     "RunInterrupted",
@@ -32,6 +33,11 @@ class PluginLoadError(EbmkitError, ImportError):
 
 class ConfigError(EbmkitError):
     """A gin config that cannot be parsed or bound (file, line and valid choices named)."""
+
+
+class IncompatibleError(ConfigError):
+    """Components that cannot run together (or a shape a component cannot serve): why, and
+    what would fit. A `ConfigError`, so the CLI prints it as one ``ebmkit: error:`` line."""
 
 
 class CheckpointError(EbmkitError):

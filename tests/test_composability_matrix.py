@@ -350,12 +350,10 @@ def test_check_compatible_passes_every_component_the_whole_combination() -> None
             seen.append(components)
 
     sampler, initializer, energy = Recorder(), Recorder(), Recorder()
-    check_compatible(sampler=sampler, initializer=initializer, energy=energy, shape=[2])
+    parts = {"sampler": sampler, "initializer": initializer, "energy": energy}
+    check_compatible(**parts, shape=[2], batch_size=16)
     assert len(seen) == 3
-    assert all(
-        s == {"sampler": sampler, "initializer": initializer, "energy": energy, "shape": (2,)}
-        for s in seen
-    )
+    assert all(s == {**parts, "shape": (2,), "batch_size": 16} for s in seen)
 
 
 def test_the_chains_shape_is_one_data_item_s() -> None:

@@ -102,3 +102,28 @@ def test_an_error_a_component_raises_while_running_is_one_line_naming_it(
     )
     with pytest.raises(RuntimeError, match="the kernel's own check failed"):
         run_cli(["--debug", "run", str(config), "--out", str(tmp_path / "debug")])
+
+
+def test_a_persistent_bank_smaller_than_the_batch_is_one_line_and_the_folder_takes_the_fix(
+    tmp_path: Path,
+) -> None:
+    """Refused when the trainer is built (not in round 1 with a traceback), before the run
+    folder gets any log: the corrected run then goes into the same folder as is."""
+    config, out = write_lines(tmp_path, "toy.gin", LINES), tmp_path / "run"
+    persistent = [
+        "--bind",
+        "trainers.Contrastive.initializer = @initializers.Persistent()",
+        "--bind",
+        "initializers.Persistent.start = @initializers.Noise()",
+    ]
+    argv = ["run", str(config), "--out", str(out), *persistent]
+    status, _, err = run_cli([*argv, "--bind", "initializers.Persistent.n_chains = 10"])
+    assert status == 1 and len(err.splitlines()) == 1, err
+    assert err == (
+        "ebmkit: error: initializers.Persistent.n_chains = 10 is smaller than the batch a round "
+        "draws (16 chains); set initializers.Persistent.n_chains >= 16, or a smaller batch_size "
+        "on the trainer\n"
+    )
+    assert not out.exists()
+    status, _, err = run_cli([*argv, "--bind", "initializers.Persistent.n_chains = 16"])
+    assert status == 0, err

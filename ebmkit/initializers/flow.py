@@ -67,7 +67,13 @@ class Flow:
         return cases
 
     def check_compatible(
-        self, *, sampler: object, initializer: object, energy: object, shape: tuple | None
+        self,
+        *,
+        sampler: object,
+        initializer: object,
+        energy: object,
+        shape: tuple | None,
+        batch_size: int | None = None,
     ) -> None:
         """Refuse a flow built for another event shape than the data's."""
         name = getattr(self.flow, "component_name", type(self.flow).__name__)

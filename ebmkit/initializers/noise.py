@@ -57,7 +57,13 @@ class Noise:
         return [ShapeCase(name="uniform", component=cls(shape=tuple(shape)))]
 
     def check_compatible(
-        self, *, sampler: object, initializer: object, energy: object, shape: tuple | None
+        self,
+        *,
+        sampler: object,
+        initializer: object,
+        energy: object,
+        shape: tuple | None,
+        batch_size: int | None = None,
     ) -> None:
         """Refuse chains of another shape than `shape` (IncompatibleError naming the fix)."""
         if shape is not None and tuple(shape) != self.shape:

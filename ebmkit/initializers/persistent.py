@@ -10,6 +10,7 @@ import attrs
 import torch
 from torch import Tensor
 
+from ebmkit.errors import IncompatibleError
 from ebmkit.protocols import Initializer, Stateful
 from ebmkit.records import ChainState, InitBatch, Round
 
@@ -88,7 +89,15 @@ class Persistent:
         return [ShapeCase(name="noise-bank", component=bank)]
 
     def check_compatible(self, **components: Any) -> None:
-        """What `start` declares (e.g. Noise of another shape than the data's)."""
+        """Refuse a bank smaller than the batch a round asks for; then what `start` declares
+        (e.g. Noise of another shape than the data's)."""
+        batch_size = components.get("batch_size")
+        if batch_size is not None and batch_size > self.n_chains:
+            raise IncompatibleError(
+                f"initializers.Persistent.n_chains = {self.n_chains} is smaller than the batch "
+                f"a round draws ({batch_size} chains); set initializers.Persistent.n_chains >= "
+                f"{batch_size}, or a smaller batch_size on the trainer"
+            )
         check = getattr(self.start, "check_compatible", None)
         if callable(check):
             check(**components)

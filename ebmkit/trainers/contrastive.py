@@ -169,6 +169,7 @@ class Contrastive:
             initializer=self.initializer,
             energy=self.energy,
             shape=data_shape(self.dataset),
+            batch_size=self.batch_size,
         )
         self.energy.to(self.device)
         self.optimizer = torch.optim.Adam(

@@ -77,12 +77,16 @@ DELTA = {32: 0.5, 64: 0.3}  # the code's δ_x (CIFAR-10, CelebA); η_x = 1e-3 on
 NO_DATA = ['DEVICE = "cpu"', "DATASET = @datasets.Digits()"]  # builds without an image folder
 TINY = {
     32: [
+        "datasets.Digits.image_size = 32",
+        "datasets.Digits.channels = 3",
         "LATENT_DIM = 16",
         "generators.ResNet32.channels = 16",
         "inference_models.Conv32.channels = 8",
         "energies.DualResNet.channels = 16",
     ],
     64: [
+        "datasets.Digits.image_size = 64",
+        "datasets.Digits.channels = 3",
         "LATENT_DIM = 16",
         "generators.ResNet64.channels = 16",
         "inference_models.Conv64.channels = 4",
@@ -154,7 +158,9 @@ def digest(path: Path) -> str:
 def test_config_builds_the_papers_nets_and_the_presets_settings(config: str) -> None:
     """At the configs' own (full) widths; the dataset swapped for the shipped digits."""
     expected = CONFIGS[config]
-    trainer = build(config, NO_DATA)
+    size = expected["size"]  # the digits at the config's image size: its nets are refused else
+    digits = [f"datasets.Digits.image_size = {size}", "datasets.Digits.channels = 3"]
+    trainer = build(config, [*NO_DATA, *digits])
     code, size = expected["code"], expected["size"]
     assert type(trainer) is (DualMCMC if code else Contrastive)
     assert trainer.batch_size == 100 and trainer.learning_rate == 1e-4

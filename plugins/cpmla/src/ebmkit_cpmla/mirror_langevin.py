@@ -251,7 +251,13 @@ class MirrorLangevin(MarkovKernel):
             )
 
     def check_compatible(
-        self, *, sampler: object, initializer: object, energy: object, shape: tuple | None
+        self,
+        *,
+        sampler: object,
+        initializer: object,
+        energy: object,
+        shape: tuple | None,
+        batch_size: int | None = None,
     ) -> None:
         """Refuse a mirror built for another event shape than the chains' (it would fail at
         the first step, in `check_mirror_shape`)."""

@@ -225,7 +225,13 @@ class Generator(LearnableModule):
         return [ShapeCase(name="mlp", component=initializer)]
 
     def check_compatible(
-        self, *, sampler: object, initializer: object, energy: object, shape: tuple | None
+        self,
+        *,
+        sampler: object,
+        initializer: object,
+        energy: object,
+        shape: tuple | None,
+        batch_size: int | None = None,
     ) -> None:
         """Refuse a generator whose samples (its `output_shape`) or an inference model whose
         input (its `input_shape`) is not the chains' shape."""

@@ -27,7 +27,13 @@ class IndependenceMove(MarkovKernel):
     component: str
 
     def check_compatible(
-        self, *, sampler: object, initializer: object, energy: object, shape: tuple | None
+        self,
+        *,
+        sampler: object,
+        initializer: object,
+        energy: object,
+        shape: tuple | None,
+        batch_size: int | None = None,
     ) -> None:
         """Refuse a proposal flow built for another event shape than the chains'."""
         check_event_shape(

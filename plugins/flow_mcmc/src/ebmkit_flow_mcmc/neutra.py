@@ -162,7 +162,13 @@ class NeutraMCMC(MarkovKernel):
         ]
 
     def check_compatible(
-        self, *, sampler: object, initializer: object, energy: object, shape: tuple | None
+        self,
+        *,
+        sampler: object,
+        initializer: object,
+        energy: object,
+        shape: tuple | None,
+        batch_size: int | None = None,
     ) -> None:
         """Refuse a flow built for another event shape than the chains' (the latent has the
         chains' shape); what the local kernel declares is not checked: it runs on z."""
