@@ -161,8 +161,7 @@ def test_stanley_flow_mcmc_toy_runs_and_reports_its_metrics(tmp_path: Path) -> N
     assert list(checkpoint(tmp_path / "run", 2)["learnables"]) == ["sampler.flow"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("config", sorted(IMAGES))
+@pytest.mark.parametrize("config", sorted(IMAGES))  # tiny widths: ~1 s each
 def test_image_combination_runs_two_rounds_on_a_written_folder(
     config: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
