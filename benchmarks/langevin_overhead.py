@@ -5,7 +5,7 @@ the same number of gradient evaluations (n for n steps) and the same random numb
 of each from the same seed gives the same samples, which is checked before timing).
 
     .venv/bin/python benchmarks/langevin_overhead.py [--processes 3] [--repeats 7] [--no-trim]
-        [--steps N] [--quick]
+        [--steps N] [--quick] [--compile] [--only TEXT]
 
 Each workload runs in `--processes` fresh interpreters, one after another (the allocator's
 luck with where big temporaries land is fixed per process, so it is averaged over several);
@@ -19,6 +19,13 @@ them in again; `--no-trim` turns that off in the children); and the largest diff
 between the two loops' samples. The first row, an almost free energy, measures ebmkit's
 fixed cost per step, which bounds its relative overhead on any real energy. The thread count
 is torch's default (not changed here).
+
+`--compile` adds ebmkit with `Langevin(compile=True)` (E and ∇E through torch.compile) to the
+interleaved loops and five columns: its ms/step, hand / compiled (pooled and paired, with the
+IQR), the compile seconds (its first call, less one timed run's seconds; each process starts
+with an empty inductor cache, so this is what a first run pays) and its largest difference
+from the hand loop's samples (float rounding: same random numbers, fused arithmetic).
+`--only TEXT` keeps the workloads whose name contains TEXT.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,7 +72,18 @@ def ebmkit_langevin(f: nn.Module, x0: Tensor, n: int, h: float, s: float) -> Ten
     return Langevin(step_size=h, noise_scale=s).sample(f, x0, n).x
 
 
+def compiled_langevin(h: float, s: float) -> Callable[[nn.Module, Tensor, int], Tensor]:
+    """ebmkit with compile=True: one sampler, so its compiled gradient is made once."""
+    sampler = Langevin(step_size=h, noise_scale=s, compile=True)
+
+    def run(f: nn.Module, x0: Tensor, n: int, h: float, s: float) -> Tensor:
+        return sampler.sample(f, x0, n).x
+
+    return run
+
+
 LOOPS = {"hand": hand_langevin, "ebmkit": ebmkit_langevin, "again": hand_langevin}
+COMPILED = "compiled"
 
 
 @dataclass
@@ -131,30 +150,46 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def measure(work: Workload, repeats: int) -> dict[str, object]:
-    """One process's interleaved timings: seconds per step and page faults per step of each."""
+def measure(work: Workload, repeats: int, compile_too: bool = False) -> dict[str, object]:
+    """One process's interleaved timings: seconds per step and page faults per step of each
+    (with `compile_too`, of the compiled sampler too, and its first call's seconds)."""
     torch.manual_seed(0)
     energy = work.make_energy()
     x0 = torch.rand(work.shape) * 2 - 1
     args = (energy, x0, work.steps, work.step_size, work.noise_scale)
+    loops = dict(LOOPS)
+    if compile_too:
+        loops[COMPILED] = compiled_langevin(work.step_size, work.noise_scale)
 
     # Same work: from the same seed both loops give the same samples (this is also the warm-up).
     torch.manual_seed(1)
     reference = hand_langevin(*args)
     torch.manual_seed(1)
     difference = (ebmkit_langevin(*args) - reference).abs().max().item()
+    compiled: dict[str, float] = {}
+    if compile_too:  # the first call compiles: timed apart, then checked against the hand loop
+        torch.manual_seed(1)
+        start = time.perf_counter()
+        samples = loops[COMPILED](*args)
+        compiled["first_call"] = time.perf_counter() - start
+        compiled["diff"] = (samples - reference).abs().max().item()
 
     # Interleaved, in rotating order, so drift in machine speed hits every loop alike; the
     # hand loop runs twice per repeat, and hand / hand again shows the timing noise (A/A).
-    times: dict[str, list[float]] = {name: [] for name in LOOPS}
-    faults: dict[str, list[float]] = {name: [] for name in LOOPS}
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    faults: dict[str, list[float]] = {name: [] for name in loops}
     for repeat in range(repeats):
-        names = list(LOOPS)[repeat % 3 :] + list(LOOPS)[: repeat % 3]
+        shift = repeat % len(loops)
+        names = list(loops)[shift:] + list(loops)[:shift]
         for name in names:
-            seconds, page_faults = timed(LOOPS[name], *args)
+            seconds, page_faults = timed(loops[name], *args)
             times[name].append(seconds / work.steps)
             faults[name].append(page_faults / work.steps)
-    return {"times": times, "faults": faults, "diff": difference}
+    if compile_too:  # compile time: the first call less what a compiled run takes now
+        compiled["compile"] = compiled["first_call"] - statistics.median(times[COMPILED]) * (
+            work.steps
+        )
+    return {"times": times, "faults": faults, "diff": difference, "compiled": compiled}
 
 
 def summarize(runs: list[dict[str, object]]) -> dict[str, float | str]:
@@ -162,19 +197,17 @@ def summarize(runs: list[dict[str, object]]) -> dict[str, float | str]:
     times = {name: [t for run in runs for t in run["times"][name]] for name in LOOPS}
     faults = {name: [f for run in runs for f in run["faults"][name]] for name in LOOPS}
     hand, lib, again = (statistics.median(times[name]) for name in LOOPS)
-    paired = [a / b for a, b in zip(times["hand"], times["ebmkit"], strict=True)]
-    low, mid, high = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
     per_process = [
         statistics.median(
             a / b for a, b in zip(run["times"]["hand"], run["times"]["ebmkit"], strict=True)
         )
         for run in runs
     ]
-    return {
+    summary: dict[str, float | str] = {
         "hand": hand,
         "ebmkit": lib,
         "ratio": hand / lib,
-        "paired": f"{mid:.3f} ({low:.3f}–{high:.3f})",
+        "paired": paired_ratio(times["hand"], times["ebmkit"]),
         "processes": " ".join(f"{ratio:.3f}" for ratio in per_process),
         "aa": hand / again,
         "faults": f"{statistics.median(faults['hand']):.0f} / "
@@ -182,6 +215,24 @@ def summarize(runs: list[dict[str, object]]) -> dict[str, float | str]:
         "extra": (lib - hand) * 1e6,
         "diff": max(run["diff"] for run in runs),
     }
+    if all(run.get("compiled") for run in runs):
+        compiled_times = [t for run in runs for t in run["times"][COMPILED]]
+        compiled = statistics.median(compiled_times)
+        summary.update(
+            compiled=compiled,
+            compiled_ratio=hand / compiled,
+            compiled_paired=paired_ratio(times["hand"], compiled_times),
+            compile_seconds=" ".join(f"{run['compiled']['compile']:.1f}" for run in runs),
+            compiled_diff=max(run["compiled"]["diff"] for run in runs),
+        )
+    return summary
+
+
+def paired_ratio(numerators: list[float], denominators: list[float]) -> str:
+    """The median and interquartile range of the per-repeat ratios, as "m (low–high)"."""
+    paired = [a / b for a, b in zip(numerators, denominators, strict=True)]
+    low, mid, high = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+    return f"{mid:.3f} ({low:.3f}–{high:.3f})"
 
 
 def in_fresh_processes(index: int, options: argparse.Namespace) -> list[dict[str, object]]:
@@ -200,9 +251,15 @@ def in_fresh_processes(index: int, options: argparse.Namespace) -> list[dict[str
     command += ["--quick"] * options.quick + (
         ["--steps", str(options.steps)] if options.steps else []
     )
+    command += ["--compile"] * options.compile + (["--only", options.only] if options.only else [])
     runs = []
     for _ in range(options.processes):
-        done = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+        with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
+            if options.compile:  # an empty inductor cache: the compile time a first run pays
+                environment["TORCHINDUCTOR_CACHE_DIR"] = cache
+            done = subprocess.run(
+                command, env=environment, capture_output=True, text=True, check=True
+            )
         runs.append(json.loads(done.stdout.splitlines()[-1]))
     return runs
 
@@ -216,13 +273,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-trim", action="store_true", help="glibc keeps freed memory (MALLOC_*_THRESHOLD_)"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="add Langevin(compile=True): its columns"
+    )
+    parser.add_argument("--only", default=None, help="workloads whose name contains this")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.quick and options.repeats == 7:
         options.repeats = 2
     work_list = workloads(options.quick, options.steps)
+    if options.only:
+        work_list = [work for work in work_list if options.only in work.name]
+        if not work_list:
+            names = ", ".join(repr(work.name) for work in workloads(options.quick, options.steps))
+            parser.error(f"--only {options.only!r} matches no workload; they are {names}")
     if options.worker is not None:  # a child: time one workload, print its raw numbers
-        print(json.dumps(measure(work_list[options.worker], options.repeats)))
+        work = work_list[options.worker]
+        print(json.dumps(measure(work, options.repeats, compile_too=options.compile)))
         return
 
     print(f"device: cpu ({cpu_name()})")
@@ -230,15 +297,25 @@ def main(argv: list[str] | None = None) -> None:
     print(f"threads: torch.get_num_threads() = {torch.get_num_threads()}")
     print(
         f"per workload: {options.processes} fresh processes × {options.repeats} interleaved "
-        f"hand/ebmkit/hand runs after a warm-up; allocator: "
+        f"hand/ebmkit/hand{'/compiled' * options.compile} runs after a warm-up; allocator: "
         f"{'glibc, trimming off' if options.no_trim else 'glibc defaults'}"
     )
+    if options.compile:
+        print(
+            "compiled: Langevin(compile=True), torch.compile (inductor) of E and ∇E; each "
+            "process starts with an empty inductor cache"
+        )
     print(f"load average (1 min) at start: {load_average()}\n")
     header = (
         "| workload | chains | steps | hand ms/step | ebmkit ms/step | ratio hand/ebmkit "
         "| paired ratio (IQR) | per process | A/A hand/hand | ebmkit − hand µs/step "
         "| page faults/step hand / ebmkit | max abs diff |"
     )
+    if options.compile:
+        header += (
+            " compiled ms/step | ratio hand/compiled | paired hand/compiled (IQR) "
+            "| compile s (first call), per process | max abs diff compiled |"
+        )
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for index, work in enumerate(work_list):
@@ -248,7 +325,14 @@ def main(argv: list[str] | None = None) -> None:
             f"| {work.name} | {chains} | {work.steps} | {1e3 * result['hand']:.3f} "
             f"| {1e3 * result['ebmkit']:.3f} | {result['ratio']:.3f} | {result['paired']} "
             f"| {result['processes']} | {result['aa']:.3f} | {result['extra']:+.1f} "
-            f"| {result['faults']} | {result['diff']:.1e} |",
+            f"| {result['faults']} | {result['diff']:.1e} |"
+            + (
+                f" {1e3 * result['compiled']:.3f} | {result['compiled_ratio']:.3f} "
+                f"| {result['compiled_paired']} | {result['compile_seconds']} "
+                f"| {result['compiled_diff']:.1e} |"
+                if options.compile
+                else ""
+            ),
             flush=True,
         )
     print(f"\nload average (1 min) at end: {load_average()}")
