@@ -55,3 +55,19 @@ def test_combinations_quick_prints_each_row_at_its_groups_equal_budget() -> None
     assert [(row[0], row[2]) for row in rows] == [("| A", "10")] * 3 + [("| B", "25")] * 3
     assert "(combination)" in rows[0][1] and "(combination)" in rows[3][1]
     assert "gradient budget checked equal within each group" in done.stdout
+
+
+@pytest.mark.slow
+def test_langevin_overhead_compile_adds_the_compiled_columns() -> None:
+    command = [sys.executable, str(BENCHMARKS / "langevin_overhead.py"), "--quick", "--compile"]
+    command += ["--only", "MLP", "--processes", "1", "--repeats", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert "| compile s (first call), per process |" in rows[0]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| MLP 2-D (16,16)"]
+    cells = rows[1].strip("| ").split(" | ")
+    assert len(cells) == 17
+    assert float(cells[11]) == 0.0  # ebmkit eager still gives the hand loop's samples
+    assert float(cells[12]) > 0 and float(cells[13]) > 0  # compiled ms/step, hand/compiled
+    assert float(cells[15]) > 0  # seconds to compile, apart from the timed runs
+    assert float(cells[16]) < 1e-4  # compiled samples: the hand loop's, within rounding

@@ -45,7 +45,8 @@ class CompiledGradient:
 
     Example:
         >>> gradient = CompiledGradient("samplers.Langevin")
-        >>> # value, grad = gradient(energy, x)  # compiles on the first call (seconds)
+        >>> gradient.warned  # nothing fell back yet; `gradient(energy, x)` compiles on first use
+        False
     """
 
     def __init__(self, owner: str, max_entries: int = 8) -> None:
@@ -78,7 +79,11 @@ class CompiledGradient:
         except Exception as error:  # noqa: BLE001 - any compile failure falls back to eager
             result = energy_and_grad(energy, x)  # an energy broken in eager code raises here
             self._entries[key] = (energy, _EAGER)
-            self._warn(f"torch.compile could not compile the energy: {_first_line(error)}")
+            self._warn(
+                f"torch.compile could not compile the energy as one graph (a Python branch "
+                f"on a tensor's value, .item(), or an operation it cannot trace): "
+                f"{_first_line(error)}"
+            )
             return result
         _check_shape(value, x)
         return value, grad
@@ -106,7 +111,8 @@ class CompiledGradient:
         self.warned = True
         warnings.warn(
             f"{self.owner}(compile=True) runs its gradients eagerly: {reason}. The samples "
-            f"are the eager ones; this sampler will not warn again",
+            f"are the eager ones; this sampler will not warn again (compile=False runs "
+            f"eagerly without a warning)",
             UserWarning,
             stacklevel=4,
         )
