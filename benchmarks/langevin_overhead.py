@@ -25,7 +25,7 @@ interleaved loops and five columns: its ms/step, hand / compiled (pooled and pai
 IQR), the compile seconds (its first call, less one timed run's seconds; each process starts
 with an empty inductor cache, so this is what a first run pays) and its largest difference
 from the hand loop's samples (float rounding: same random numbers, fused arithmetic).
-`--only TEXT` keeps the workloads whose name contains TEXT.
+`--only TEXT` keeps the workload named TEXT, else those whose name contains TEXT.
 """
 
 from __future__ import annotations
@@ -276,14 +276,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compile", action="store_true", help="add Langevin(compile=True): its columns"
     )
-    parser.add_argument("--only", default=None, help="workloads whose name contains this")
+    parser.add_argument(
+        "--only", default=None, help="the workload of this name, else those containing it"
+    )
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.quick and options.repeats == 7:
         options.repeats = 2
     work_list = workloads(options.quick, options.steps)
     if options.only:
-        work_list = [work for work in work_list if options.only in work.name]
+        exact = [work for work in work_list if work.name == options.only]
+        work_list = exact or [work for work in work_list if options.only in work.name]
         if not work_list:
             names = ", ".join(repr(work.name) for work in workloads(options.quick, options.steps))
             parser.error(f"--only {options.only!r} matches no workload; they are {names}")
