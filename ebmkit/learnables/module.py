@@ -185,6 +185,7 @@ class LearnableModule(nn.Module):
         self._scheduler_epoch = 0  # the data epoch the scheduler's learning rate belongs to
         self._optimizer: torch.optim.Optimizer | None = None
         self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self._parameters_synchronised = False  # broadcast from rank 0 in a data-parallel run
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer over this module's parameters (Adam); override for another."""
@@ -237,6 +238,7 @@ class LearnableModule(nn.Module):
         optimizer = self.optimizer
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._average_gradients()
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip)
         scheduler = self._scheduler
@@ -246,9 +248,33 @@ class LearnableModule(nn.Module):
         optimizer.step()
         if scheduler is not None and self.scheduler_interval == "round":
             scheduler.step()
+        self._synchronise_after_step()
+
+    def _average_gradients(self) -> None:
+        """In a data-parallel run, average the gradients of `distributed_modules` over ranks
+        (`learn` runs on the unwrapped module, where DDP would synchronise nothing)."""
+        from ebmkit.runs import distributed
+
+        if distributed.is_distributed():
+            for module in self.distributed_modules().values():
+                distributed.all_reduce_gradients(module.parameters())
+
+    def _synchronise_after_step(self) -> None:
+        """In a data-parallel run, rank 0's buffers (ActNorm's `initialized`, BatchNorm's
+        statistics) after every step, and its parameters after the first step of the process
+        (a data-dependent initialisation made them differ), go to every rank."""
+        from ebmkit.runs import distributed
+
+        if not distributed.is_distributed():
+            return
+        synchronised = self._parameters_synchronised
+        for module in self.distributed_modules().values():
+            distributed.broadcast_module(module, buffers_only=synchronised)
+        self._parameters_synchronised = True
 
     def distributed_modules(self) -> dict[str, nn.Module]:
-        """The submodules a data-parallel (DDP) run wraps, by attribute path ("" = self)."""
+        """The submodules whose gradients a data-parallel run averages over ranks and whose
+        parameters and buffers it broadcasts from rank 0, by attribute path ("" = self)."""
         return {"": self}
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:

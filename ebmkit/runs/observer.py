@@ -16,14 +16,16 @@ from tqdm import tqdm
 
 from ebmkit.checkpoint.files import save_checkpoint
 from ebmkit.checkpoint.rng import get_rng_state
+from ebmkit.checkpoint.shards import rank_part, with_rank_parts
 from ebmkit.density import model_energy_of
-from ebmkit.errors import DivergenceError
+from ebmkit.errors import CheckpointError, DivergenceError
 from ebmkit.protocols import StepScalable
 from ebmkit.records import Round
+from ebmkit.runs import distributed
 from ebmkit.runs.experiment import Experiment
 from ebmkit.runs.interrupts import EXIT_STATUS, InterruptRequest, RunInterrupted
 from ebmkit.tracking.images import log_data_grid, log_energy_histograms
-from ebmkit.tracking.run_logger import RunLogger
+from ebmkit.tracking.run_logger import NullLogger, RunLogger
 
 __all__ = ["RunObserver", "buffers_kept", "named_metrics", "step_size_of"]
 
@@ -31,9 +33,13 @@ METRIC_ARGUMENTS = ("energy", "samples", "dataset", "generator", "trainer")
 """What `experiment.metrics` callables may ask for, by parameter name."""
 
 
-def named_metrics(metrics: Any, trainer: Any, round: Round) -> dict[str, float]:
+def named_metrics(
+    metrics: Any, trainer: Any, round: Round, samples: Tensor | None = None
+) -> dict[str, float]:
     """The values of `experiment.metrics` (a mapping name → callable, or registered metric
-    names) at this round; each callable gets the `METRIC_ARGUMENTS` its signature names.
+    names) at this round; each callable gets the `METRIC_ARGUMENTS` its signature names
+    (``samples``: `samples` when given — every rank's, in a data-parallel run — else the
+    round's).
 
     Runs under ``torch.no_grad`` and without changing the run's random stream (the CPU RNG,
     and CUDA's when the trainer is there, are restored; ``generator`` is seeded by the round).
@@ -51,7 +57,7 @@ def named_metrics(metrics: Any, trainer: Any, round: Round) -> dict[str, float]:
         metrics = {name: get_registry().get("metric", name).factory for name in metrics}
     available = {
         "energy": lambda: model_energy_of(trainer),
-        "samples": lambda: round.result.x.detach().cpu(),
+        "samples": lambda: (round.result.x if samples is None else samples).detach().cpu(),
         "dataset": lambda: trainer.dataset,
         "generator": lambda: torch.Generator().manual_seed(round.index),
         "trainer": lambda: trainer,
@@ -115,7 +121,13 @@ def _is_toy(dataset: Any) -> bool:
 
 
 class RunObserver:
-    """Logs each round, draws samples, evaluates toy metrics and writes checkpoints."""
+    """Logs each round, draws samples, evaluates toy metrics and writes checkpoints.
+
+    In a data-parallel run every rank calls it after each round: scalars are averaged over
+    ranks and metrics and pictures made from every rank's samples, but only rank 0 writes
+    logs and pictures and shows the progress bar; a checkpoint gathers every rank's chains,
+    data position and RNG states into rank 0's file; a signal on any rank stops all.
+    """
 
     def __init__(
         self,
@@ -139,8 +151,11 @@ class RunObserver:
         self.interrupt = interrupt
         self.resume_command = resume_command
         self.last_checkpoint_round: int | None = None
-        self.logger = RunLogger(
-            run_dir, purge_step=None if purge_after is None else purge_after + 1
+        self.main = distributed.is_main()
+        self.logger: RunLogger | NullLogger = (
+            RunLogger(run_dir, purge_step=None if purge_after is None else purge_after + 1)
+            if self.main
+            else NullLogger()
         )
         self.final_metrics: dict[str, float] = {}
         self._clock = time.perf_counter()
@@ -155,14 +170,15 @@ class RunObserver:
     def before_fit(self, trainer: Any) -> None:
         if not self._introduced:  # fit runs again after a rollback: log these once
             self.logger.text("operative_config", "```\n" + self.operative_config + "\n```")
-            if trainer.round_index == 0:
+            if trainer.round_index == 0 and self.main:
                 log_data_grid(self.logger, trainer.dataset, self.run_dir / "samples")
             self._introduced = True
         if self._progress is not None:
             self._progress.close()
-        self._progress = tqdm(
-            total=trainer.n_rounds, initial=trainer.round_index, desc="rounds", mininterval=1
-        )
+        if self.main:
+            self._progress = tqdm(
+                total=trainer.n_rounds, initial=trainer.round_index, desc="rounds", mininterval=1
+            )
         self._clock = time.perf_counter()
 
     def after_round(self, trainer: Any, round: Round) -> None:
@@ -170,26 +186,43 @@ class RunObserver:
         self._rounds_since_log += 1
         if index % experiment.log_every == 0 or index == trainer.n_rounds:
             self._log_scalars(trainer, round)
-        with buffers_kept(_evaluated_modules(trainer)):  # evaluation leaves no trace
-            if _is_toy(trainer.dataset) and (
-                index % experiment.eval_every == 0 or index == trainer.n_rounds
-            ):
-                self.final_metrics = self._toy_metrics(trainer, round)
-                metrics = {f"metrics/{k}": v for k, v in self.final_metrics.items()}
-                self.logger.scalars(index, metrics)
-            evaluating = index % experiment.eval_every == 0 or index == trainer.n_rounds
-            if experiment.metrics and evaluating:
-                named = named_metrics(experiment.metrics, trainer, round)
-                self.final_metrics = {**self.final_metrics, **named}
-                self.logger.scalars(index, {f"metrics/{k}": v for k, v in named.items()})
-            if index % experiment.sample_every == 0 or index == trainer.n_rounds:
-                self._pictures(trainer, round)
+        evaluating = index % experiment.eval_every == 0 or index == trainer.n_rounds
+        picturing = index % experiment.sample_every == 0 or index == trainer.n_rounds
+        toy = _is_toy(trainer.dataset) and evaluating
+        samples = round.result.x.detach()
+        if distributed.is_distributed() and (
+            toy or picturing or (experiment.metrics and evaluating)
+        ):
+            samples = distributed.gather_tensors(samples)  # every rank's chains, rank order
+        if self.main:
+            with buffers_kept(_evaluated_modules(trainer)):  # evaluation leaves no trace
+                if toy:
+                    self.final_metrics = self._toy_metrics(trainer, round, samples)
+                    metrics = {f"metrics/{k}": v for k, v in self.final_metrics.items()}
+                    self.logger.scalars(index, metrics)
+                if experiment.metrics and evaluating:
+                    named = named_metrics(experiment.metrics, trainer, round, samples)
+                    self.final_metrics = {**self.final_metrics, **named}
+                    self.logger.scalars(index, {f"metrics/{k}": v for k, v in named.items()})
+                if picturing:
+                    self._pictures(trainer, round, samples)
         if index % experiment.checkpoint_every == 0 or index == trainer.n_rounds:
             self.checkpoint(trainer)
         if self._progress is not None:
             self._progress.update(1)
-        if self.interrupt is not None and self.interrupt.requested:
+        if self.interrupt is not None and self._agreed_signal():
             self._stop_on_signal(trainer)
+
+    def _agreed_signal(self) -> bool:
+        """Whether a SIGINT / SIGTERM asked the run to stop, on any rank (then every rank's
+        request holds the same signal, so all stop after this round)."""
+        signum = self.interrupt.signum
+        if not distributed.is_distributed():
+            return signum is not None
+        agreed = distributed.max_over_ranks(0 if signum is None else int(signum))
+        if agreed and signum is None:
+            self.interrupt.signum = agreed
+        return agreed != 0
 
     def _stop_on_signal(self, trainer: Any) -> None:
         """Save the finished round (unless just saved) and stop with 130 / 143."""
@@ -222,12 +255,28 @@ class RunObserver:
         state["operative_config"] = self.operative_config
         state["divergence"] = {"rollbacks": self.rollbacks, "factor": self.rollback_factor}
         state["run"] = self.run_record
-        path = save_checkpoint(
-            state,
-            self.run_dir / "checkpoints",
-            trainer.round_index,
-            self.experiment.keep_checkpoints,
-        )
+        directory = self.run_dir / "checkpoints"
+        path = directory / f"round-{trainer.round_index:08d}.pt"
+        if distributed.is_distributed():
+            parts = distributed.gather_objects(rank_part(state))  # every rank's chains, RNGs
+            failure = None
+            if self.main:
+                try:
+                    save_checkpoint(
+                        with_rank_parts(state, parts),
+                        directory,
+                        trainer.round_index,
+                        self.experiment.keep_checkpoints,
+                    )
+                except CheckpointError as error:
+                    failure = str(error)
+            failure = distributed.broadcast_object(failure)  # a failed write stops every rank
+            if failure is not None:
+                raise CheckpointError(failure)
+        else:
+            path = save_checkpoint(
+                state, directory, trainer.round_index, self.experiment.keep_checkpoints
+            )
         self.last_checkpoint_round = trainer.round_index
         return path
 
@@ -246,6 +295,7 @@ class RunObserver:
         return message
 
     def _log_scalars(self, trainer: Any, round: Round) -> None:
+        """The round's scalars (averaged over ranks in a data-parallel run), logged by rank 0."""
         elapsed = time.perf_counter() - self._clock
         result = round.result
         values: dict[str, Tensor | float] = {
@@ -259,14 +309,24 @@ class RunObserver:
             "sampler/grad_evals": float(result.n_grad_evals),
             "sampler/energy_evals": float(result.n_energy_evals),
             "sampler/flow_evals": float(result.n_flow_evals),
-            "perf/samples_per_s": self._rounds_since_log * trainer.batch_size / max(elapsed, 1e-9),
+            "perf/samples_per_s": self._rounds_since_log
+            * trainer.batch_size
+            * distributed.world_size()  # the mean over ranks times their number: the run's
+            / max(elapsed, 1e-9),
         }
         if result.acceptance_rate is not None:
             values["sampler/acceptance_rate"] = result.acceptance_rate.mean()
         sampler_name = type(trainer.sampler).__name__
         for name, value in result.stats.items():
             values[f"{sampler_name}/{name}"] = value.float().mean()
+        if distributed.is_distributed():
+            names = sorted(values)  # the same names on every rank: one all-reduce for all
+            stacked = torch.stack([torch.as_tensor(values[n]).double().cpu() for n in names])
+            values = dict(zip(names, distributed.all_reduce_mean(stacked).unbind(), strict=True))
         scalars = {k: float(v) for k, v in values.items()}
+        if not self.main:
+            self._clock, self._rounds_since_log = time.perf_counter(), 0
+            return
         self.logger.scalars(round.index, scalars)
         log_energy_histograms(self.logger, round)
         if self._progress is not None:
@@ -275,16 +335,17 @@ class RunObserver:
             )
         self._clock, self._rounds_since_log = time.perf_counter(), 0
 
-    def _toy_metrics(self, trainer: Any, round: Round) -> dict[str, float]:
+    def _toy_metrics(self, trainer: Any, round: Round, samples: Tensor) -> dict[str, float]:
         """The toy metrics of the model density (`ebmkit.density`'s hook) and the samples."""
         from ebmkit.metrics.toy import toy_metrics
 
         generator = torch.Generator().manual_seed(round.index)
         energy = model_energy_of(trainer)
-        return toy_metrics(energy, round.result.x.cpu(), trainer.dataset, generator)
+        return toy_metrics(energy, samples.cpu(), trainer.dataset, generator)
 
-    def _pictures(self, trainer: Any, round: Round) -> None:
-        samples = round.result.x.detach().cpu()
+    def _pictures(self, trainer: Any, round: Round, samples: Tensor) -> None:
+        """The samples' picture (a density plot on 2-D toys, a grid of images)."""
+        samples = samples.detach().cpu()
         folder = self.run_dir / "samples"
         folder.mkdir(exist_ok=True)
         if _is_toy(trainer.dataset) and samples.dim() == 2 and samples.shape[1] == 2:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from typing_extensions import get_protocol_members
 
 import gin
@@ -20,9 +21,11 @@ from ebmkit.checkpoint.files import (
     remove_orphaned_temporaries,
 )
 from ebmkit.checkpoint.rng import seed_everything, set_rng_state
+from ebmkit.checkpoint.shards import for_rank
 from ebmkit.config import explain_build_error, parse_config, set_rounds, unused_bindings
-from ebmkit.errors import CheckpointError, ConfigError
+from ebmkit.errors import CheckpointError, ConfigError, EbmkitError
 from ebmkit.protocols import Trainer
+from ebmkit.runs import distributed
 from ebmkit.runs.experiment import Experiment
 from ebmkit.runs.folders import prepare_run_dir
 from ebmkit.runs.interrupts import InterruptRequest
@@ -50,22 +53,45 @@ def run_experiment(
     differs from the run's beyond rounds, cadence and device (unless
     `accept_config_change`); its logs are cut back to the checkpoint's round. SIGINT /
     SIGTERM finish the round, save it and raise RunInterrupted (exit 130 / 143).
+
+    Launched by torchrun (RANK / WORLD_SIZE set), it is one rank of a data-parallel run (see
+    `ebmkit.runs.distributed`): rank 0 alone holds the folder, decides how the run starts
+    and hands that to the others.
     """
     run_dir = out if out is not None else Path("runs") / config.stem
-    created = not run_dir.exists()
-    prepare_run_dir(run_dir)
+    started = distributed.init_from_environment()
     try:
-        with RunLock(run_dir):
-            return _run_locked(
-                config, run_dir, rounds, list(bindings), resume, accept_config_change
-            )
-    except BaseException:
-        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # a run refused before writing anything leaves no empty folder
-        raise
+        if distributed.is_distributed():
+            return _run_rank(config, run_dir, rounds, list(bindings), resume, accept_config_change)
+        created = not run_dir.exists()
+        prepare_run_dir(run_dir)
+        try:
+            with RunLock(run_dir):
+                resume, checkpoint, state = _starting_point(config, run_dir, resume)
+                return _train(
+                    config,
+                    run_dir,
+                    rounds,
+                    list(bindings),
+                    checkpoint,
+                    state,
+                    accept_config_change,
+                )
+        except BaseException:
+            _remove_if_empty(run_dir, created)
+            raise
+    finally:
+        if started:
+            distributed.shutdown()
 
 
-def _run_locked(
+def _remove_if_empty(run_dir: Path, created: bool) -> None:
+    """A run refused before writing anything leaves no empty folder."""
+    if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
+def _run_rank(
     config: Path,
     run_dir: Path,
     rounds: int | None,
@@ -73,7 +99,50 @@ def _run_locked(
     resume: bool,
     accept_config_change: bool,
 ) -> dict[str, Any]:
-    """`run_experiment` once this process holds the run folder."""
+    """One rank of a data-parallel run: rank 0 holds the folder and reads the checkpoint,
+    every rank gets how the run starts (or rank 0's refusal, raised on every rank)."""
+    lock, created, refusal, start = None, False, None, None
+    if distributed.is_main():
+        created = not run_dir.exists()
+        try:
+            prepare_run_dir(run_dir)
+            lock = RunLock(run_dir)
+            lock.acquire()
+            start = _starting_point(config, run_dir, resume)
+        except Exception as error:  # noqa: BLE001 - every rank raises it, none waits
+            refusal = error
+    shared = distributed.broadcast_object(
+        (None, start) if refusal is None else (type(refusal), str(refusal))
+    )
+    try:
+        if refusal is not None:
+            raise refusal
+        if shared[0] is not None:
+            raise _rebuilt(*shared)
+        _, checkpoint, state = shared[1]
+        return _train(config, run_dir, rounds, bindings, checkpoint, state, accept_config_change)
+    except BaseException:
+        if distributed.is_main():
+            _remove_if_empty(run_dir, created)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _rebuilt(kind: type[Exception], message: str) -> Exception:
+    """Rank 0's refusal as the other ranks raise it: the same class and message."""
+    try:
+        return kind(message)
+    except Exception:  # noqa: BLE001 - a class with another signature
+        return EbmkitError(message)
+
+
+def _starting_point(
+    config: Path, run_dir: Path, resume: bool
+) -> tuple[bool, Path | None, dict[str, Any] | None]:
+    """Whether the run resumes, from which checkpoint, and its state (read here); a fresh
+    run refuses a folder holding another run's checkpoints or logs."""
     checkpoints = run_dir / "checkpoints"
     for orphan in remove_orphaned_temporaries(checkpoints):
         print(
@@ -100,7 +169,23 @@ def _run_locked(
         )
     if not resume:
         _refuse_leftover_logs(run_dir, config)
-    state = load_checkpoint(checkpoint) if resume else None
+    return resume, checkpoint if resume else None, load_checkpoint(checkpoint) if resume else None
+
+
+def _train(
+    config: Path,
+    run_dir: Path,
+    rounds: int | None,
+    bindings: list[str],
+    checkpoint: Path | None,
+    state: dict[str, Any] | None,
+    accept_config_change: bool,
+) -> dict[str, Any]:
+    """Build the experiment from `config`, restore `state` (a resume) and fit."""
+    main = distributed.is_main()
+    checkpoints = run_dir / "checkpoints"
+    if state is not None:  # this rank's chains; refused if written by another world size
+        state = for_rank(state, distributed.rank(), distributed.world_size(), checkpoint)
     stored = (state or {}).get("run") or {}
     all_bindings = [*stored.get("bindings", []), *bindings]
     parse_config(config, all_bindings)
@@ -117,7 +202,9 @@ def _run_locked(
         raise explain_build_error(error, config, all_bindings) from error
     trainer = experiment.trainer
     _check_trainer(trainer, config)
-    for binding in unused_bindings(bindings):
+    if distributed.is_distributed():
+        _start_ranks(trainer, experiment, config, seed)
+    for binding in unused_bindings(bindings) if main else ():
         print(
             f"ebmkit: note: --bind {binding!r} has no effect: this run never builds that "
             f"component (its operative_config.gin lists the ones it builds)",
@@ -139,14 +226,15 @@ def _run_locked(
                 f"checkpoint {checkpoint} does not fit this config ({type(error).__name__}: "
                 f"{error}); resume with the config and bindings the run was started with"
             ) from error
-        dropped = cut_metrics_back(run_dir / "metrics.jsonl", state["round"])
+        dropped = cut_metrics_back(run_dir / "metrics.jsonl", state["round"]) if main else 0
         if dropped:
             print(
                 f"ebmkit: note: {dropped} metrics.jsonl row(s) after round {state['round']} "
                 f"(logged after its checkpoint) are dropped; those rounds run again",
                 file=sys.stderr,
             )
-    (run_dir / "operative_config.gin").write_text(operative_config)
+    if main:
+        (run_dir / "operative_config.gin").write_text(operative_config)
     interrupt = InterruptRequest()
     observer = RunObserver(
         experiment,
@@ -155,7 +243,7 @@ def _run_locked(
         run_record={"config": str(config), "bindings": all_bindings},
         purge_after=None if state is None else int(state["round"]),
         interrupt=interrupt,
-        resume_command=f"ebmkit run {shlex.quote(str(config))} --out "
+        resume_command=f"{_launcher()} run {shlex.quote(str(config))} --out "
         f"{shlex.quote(str(run_dir))} --resume",
     )
     if replayed is not None:  # a resumed run that had rolled back: count on from there
@@ -172,6 +260,28 @@ def _run_locked(
         "rounds": trainer.round_index,
         "metrics": {k: v for k, v in observer.final_metrics.items() if not math.isnan(v)},
     }
+
+
+def _launcher() -> str:
+    """How this run was started: `ebmkit`, or torchrun with the world size for `-m ebmkit`."""
+    if not distributed.is_distributed():
+        return "ebmkit"
+    return f"torchrun --nproc_per_node={distributed.world_size()} -m ebmkit"
+
+
+def _start_ranks(trainer: Any, experiment: Experiment, config: Path, seed: int) -> None:
+    """The ranks of a data-parallel run start from rank 0's networks; then rank r's random
+    stream (its chains) is seeded `seed + r`, so the ranks' chains differ."""
+    if experiment.on_divergence == "rollback":
+        raise ConfigError(
+            f"in config {config}: experiment.on_divergence = 'rollback' is not supported in a "
+            f"data-parallel (torchrun) run yet; use on_divergence = 'stop' (resume from the "
+            f"newest checkpoint with a smaller step), or run in one process"
+        )
+    for module in [trainer.energy, *trainer.all_learnables.values()]:
+        if isinstance(module, torch.nn.Module):
+            distributed.broadcast_module(module)
+    seed_everything(seed + distributed.rank())
 
 
 _LOGS = ("metrics.jsonl", "tb", "operative_config.gin", "samples")

@@ -11,7 +11,7 @@ from typing import Any
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["RunLogger"]
+__all__ = ["NullLogger", "RunLogger"]
 
 
 class RunLogger:
@@ -55,6 +55,28 @@ class RunLogger:
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+class NullLogger:
+    """A RunLogger that writes nothing: the logger of every rank but 0 in a data-parallel run."""
+
+    def scalars(self, round_index: int, values: dict[str, float]) -> None:
+        """Drop the values (rank 0 logs the run's)."""
+
+    def figure(self, tag: str, round_index: int, figure: Any) -> None:
+        """Drop the figure."""
+
+    def image(self, tag: str, round_index: int, image: Tensor) -> None:
+        """Drop the image."""
+
+    def text(self, tag: str, text: str, step: int | None = None) -> None:
+        """Drop the text."""
+
+    def flush(self) -> None:
+        """Nothing to write."""
+
+    def close(self) -> None:
+        """Nothing to close."""
 
 
 def _json_number(value: float) -> float | str:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ebmkit.compatibility import check_compatible, data_shape
 from ebmkit.data.loader import ResumableLoader
 from ebmkit.density import EnergyFunction, resolve_model_energy
+from ebmkit.errors import DivergenceError
 from ebmkit.learnables import component_roots, find_learnables
 from ebmkit.learnables.module import (
     SCHEDULER_INTERVALS,
@@ -21,7 +22,13 @@ from ebmkit.learnables.module import (
 )
 from ebmkit.protocols import Initializer, Learnable, RoundObserver, Sampler, Stateful
 from ebmkit.records import InitBatch, Round, SampleResult
-from ebmkit.trainers.guard import BlowupGuard, check_learnable, check_round
+from ebmkit.runs import distributed
+from ebmkit.trainers.guard import (
+    BlowupGuard,
+    agree_on_divergence,
+    check_learnable,
+    check_round,
+)
 from ebmkit.validators import one_of
 
 __all__ = ["LEARN_ORDERS", "Contrastive", "RoundWork"]
@@ -179,7 +186,13 @@ class Contrastive:
             weight_decay=self.weight_decay,
         )
         self.lr_scheduler = None if self.scheduler is None else self.scheduler(self.optimizer)
-        self.loader = ResumableLoader(self.dataset, self.batch_size, seed=self.seed)
+        self.loader = ResumableLoader(
+            self.dataset,
+            self.batch_size,
+            seed=self.seed,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
+        )
         self.blowup = BlowupGuard(factor=self.blowup_factor, window=self.blowup_window)
         self.all_learnables = find_learnables(self.learnable_roots(), skip=[self.energy])
         for learnable in self.all_learnables.values():
@@ -273,22 +286,37 @@ class Contrastive:
         self.optimizer.zero_grad(set_to_none=True)  # also drops what a Learnable left there
         work.loss.backward()
         parameters = [p for p in self.energy.parameters() if p.grad is not None]
+        watched = {
+            "data energy": work.energy_data,
+            "sample energy": work.energy_model,
+            "loss": work.loss,
+        }
+        if distributed.is_distributed():
+            # This rank's energies first (the averaged gradient would carry one rank's NaN to
+            # all, hiding where it came from), then the gradients averaged over ranks.
+            local = _divergence_of(
+                check_round,
+                work.index,
+                watched,
+                None,
+                work.round.energy_gap,
+                torch.zeros((), device=work.loss.device),
+            )
+            agree_on_divergence(local, work.index)
+            distributed.all_reduce_gradients(parameters)
         max_norm = float("inf") if self.grad_clip is None else self.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
         work.losses["grad_norm"] = grad_norm.detach()
-        check_round(
+        error = _divergence_of(
+            check_round,
             work.index,
-            {
-                "data energy": work.energy_data,
-                "sample energy": work.energy_model,
-                "loss": work.loss,
-                "parameter gradient": grad_norm,
-            },
+            {**watched, "parameter gradient": grad_norm},
             self.max_energy_gap,
             work.round.energy_gap,
             grad_norm,
             self.blowup,
         )
+        agree_on_divergence(error, work.index)
         scheduler = self.lr_scheduler
         if scheduler is not None and self.scheduler_interval == "epoch":
             owner = "trainers.Contrastive (the energy's optimizer)"
@@ -298,13 +326,21 @@ class Contrastive:
         self.optimizer.step()
         if scheduler is not None and self.scheduler_interval == "round":
             scheduler.step()
+        if distributed.is_distributed():  # as DDP does: rank 0's buffers (BatchNorm's) for all
+            distributed.broadcast_module(self.energy, buffers_only=True)
         work.loss = None  # the graph is no longer needed
 
     def learn(self, work: RoundWork) -> None:
         """Phase "learnables": each Learnable's update once, its losses checked and logged."""
         for path, learnable in self.all_learnables.items():
-            losses = learnable.learn(work.round)
-            check_learnable(work.index, path, learnable, losses)
+            losses: dict[str, torch.Tensor] = {}
+            error = None
+            try:
+                losses = learnable.learn(work.round)
+                check_learnable(work.index, path, learnable, losses)
+            except DivergenceError as caught:
+                error = caught
+            agree_on_divergence(error, work.index)  # one rank's divergence stops them all
             for name, value in losses.items():
                 work.losses[f"{path}/{name}"] = value.detach()
 
@@ -399,3 +435,12 @@ class Contrastive:
         for path, learnable in self.all_learnables.items():
             learnable.load_state_dict(saved[path])
         self.blowup.load_state_dict(state.get("guard", {}))
+
+
+def _divergence_of(check: Callable[..., None], *arguments: Any) -> DivergenceError | None:
+    """The DivergenceError `check(*arguments)` raises, or None when it passes."""
+    try:
+        check(*arguments)
+    except DivergenceError as error:
+        return error
+    return None

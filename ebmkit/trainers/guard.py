@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from ebmkit.errors import DivergenceError
+from ebmkit.runs import distributed
 
-__all__ = ["BlowupGuard", "check_learnable", "check_round"]
+__all__ = ["BlowupGuard", "agree_on_divergence", "check_learnable", "check_round"]
 
 _ADVICE = (
     "Lower the learning rate or the sampler's step size, or add the regulariser (alpha) / "
@@ -134,4 +135,29 @@ def check_learnable(
         f"{path})",
         round_index,
         "Lower its learning rate or check what its loss reads from the round",
+    )
+
+
+def agree_on_divergence(error: DivergenceError | None, round_index: int) -> None:
+    """Raise `error` (a check's verdict on this rank, None if it passed) on every rank at once.
+
+    In a data-parallel run every rank calls this at the same point of the round: one
+    all-reduced flag says whether any rank diverged; only then are the messages gathered, and
+    every rank raises the same DivergenceError naming the first rank that diverged and its
+    message. No rank is left waiting for the others in a later collective. A single process
+    raises `error` itself.
+    """
+    if not distributed.is_distributed():
+        if error is not None:
+            raise error
+        return
+    if not distributed.any_rank(error is not None):
+        return
+    messages = distributed.all_objects(None if error is None else (error.cause, error.advice))
+    failed = [(number, found) for number, found in enumerate(messages) if found is not None]
+    first, (cause, advice) = failed[0]
+    others = [str(number) for number, _ in failed[1:]]
+    also = f" (rank {', '.join(others)} too)" if others else ""
+    raise DivergenceError(
+        f"rank {first} of {len(messages)}: {cause}{also}; every rank stops", round_index, advice
     )
