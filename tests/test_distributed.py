@@ -25,7 +25,8 @@ TIMEOUT = 150  # seconds a 2-process run may take before the test fails (never h
 ROUNDS = 6
 
 # Runs in each rank (torchrun runs this file): the `ebmkit` CLI, with test hooks that dump
-# what the rank holds at the end, kill the rank with SIGKILL, or put a NaN in its chains.
+# what the rank holds at the end, kill the rank with SIGKILL, send rank 1 a SIGTERM, or put a
+# NaN in rank 1's chains.
 WORKER = """
 import os, signal, sys
 import torch
@@ -34,7 +35,8 @@ from ebmkit.runs.observer import RunObserver
 from ebmkit.trainers.contrastive import Contrastive
 
 rank = int(os.environ["RANK"])
-dump, kill_after, nan_round = (os.environ.get(k) for k in ("DUMP", "KILL_AFTER", "NAN_ROUND"))
+dump, kill_after, nan_round, term_round = (
+    os.environ.get(k) for k in ("DUMP", "KILL_AFTER", "NAN_ROUND", "TERM_ROUND"))
 after_round, after_fit, run_chains = (
     RunObserver.after_round, RunObserver.after_fit, Contrastive.run_chains)
 
@@ -53,6 +55,8 @@ def hooked_after_fit(self, trainer):
 
 def hooked_run_chains(self, work):
     run_chains(self, work)
+    if term_round and rank == 1 and work.index == int(term_round):
+        os.kill(os.getpid(), signal.SIGTERM)
     if nan_round and rank == 1 and work.index == int(nan_round):
         with torch.no_grad():
             work.result.x[0, 0] = float("nan")
@@ -213,3 +217,14 @@ def test_nan_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
     )
     assert len(re.findall(message, done.stderr)) == 2, done.stderr[-3000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_sigterm_on_one_rank_stops_every_rank_after_a_checkpoint(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    done = torchrun(tmp_path, ["run", str(config), "--out", "run"], TERM_ROUND="2")
+    assert done.returncode != 0
+    stopped = "ebmkit: interrupted by SIGTERM at round 2 (checkpoint round-00000002.pt written)"
+    assert done.stderr.count(stopped) == 2, done.stderr[-3000:]  # rank 1's signal, both ranks
+    assert "continue with: torchrun --nproc_per_node=2 -m ebmkit run" in done.stderr
+    state = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert state["round"] == 2 and state["distributed"]["world_size"] == 2

@@ -21,6 +21,7 @@ __all__ = [
     "all_reduce_gradients",
     "all_objects",
     "all_reduce_mean",
+    "barrier",
     "any_rank",
     "broadcast_module",
     "broadcast_object",
@@ -130,6 +131,12 @@ def broadcast_module(module: nn.Module, buffers_only: bool = False) -> None:
                 moved = tensor.data.to(_device())
                 dist.broadcast(moved, src=0)
                 tensor.data.copy_(moved)
+
+
+def barrier() -> None:
+    """Wait until every rank gets here."""
+    if is_distributed():
+        dist.barrier()
 
 
 def any_rank(flag: bool) -> bool:

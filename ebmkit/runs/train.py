@@ -23,7 +23,13 @@ from ebmkit.checkpoint.files import (
 from ebmkit.checkpoint.rng import seed_everything, set_rng_state
 from ebmkit.checkpoint.shards import for_rank
 from ebmkit.config import explain_build_error, parse_config, set_rounds, unused_bindings
-from ebmkit.errors import CheckpointError, ConfigError, EbmkitError
+from ebmkit.errors import (
+    CheckpointError,
+    ConfigError,
+    DivergenceError,
+    EbmkitError,
+    RunInterrupted,
+)
 from ebmkit.protocols import Trainer
 from ebmkit.runs import distributed
 from ebmkit.runs.experiment import Experiment
@@ -120,7 +126,15 @@ def _run_rank(
         if shared[0] is not None:
             raise _rebuilt(*shared)
         _, checkpoint, state = shared[1]
-        return _train(config, run_dir, rounds, bindings, checkpoint, state, accept_config_change)
+        try:
+            summary = _train(
+                config, run_dir, rounds, bindings, checkpoint, state, accept_config_change
+            )
+        except (RunInterrupted, DivergenceError):
+            distributed.barrier()  # every rank stopped in the same round: none is cut short
+            raise
+        distributed.barrier()  # rank 0 has closed its logs before any rank's process ends
+        return summary
     except BaseException:
         if distributed.is_main():
             _remove_if_empty(run_dir, created)
