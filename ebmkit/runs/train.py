@@ -20,6 +20,11 @@ from ebmkit.checkpoint.files import (
     load_checkpoint,
     remove_orphaned_temporaries,
 )
+from ebmkit.checkpoint.optimizer_settings import (
+    apply_configured,
+    configured_settings,
+    optimizer_slots,
+)
 from ebmkit.checkpoint.rng import seed_everything, set_rng_state
 from ebmkit.checkpoint.shards import for_rank
 from ebmkit.config import explain_build_error, parse_config, set_rounds, unused_bindings
@@ -231,6 +236,8 @@ def _train(
         check_rollback_possible(trainer.sampler, config)
     replayed = None
     if state is not None:
+        slots = optimizer_slots(trainer)
+        wanted = [configured_settings(slot.optimizer) for slot in slots]  # before the load
         try:
             trainer.load_state_dict(state)
             set_rng_state(state["rng"])
@@ -240,6 +247,16 @@ def _train(
                 f"checkpoint {checkpoint} does not fit this config ({type(error).__name__}: "
                 f"{error}); resume with the config and bindings the run was started with"
             ) from error
+        if accept_config_change:  # the config's optimizer settings, not the checkpoint's
+            applied = [
+                line for s, w in zip(slots, wanted, strict=True) for line in apply_configured(s, w)
+            ]
+            if applied and main:
+                print(
+                    f"ebmkit: note: the config's optimizer settings replace the checkpoint's "
+                    f"({'; '.join(applied)})",
+                    file=sys.stderr,
+                )
         dropped = cut_metrics_back(run_dir / "metrics.jsonl", state["round"]) if main else 0
         if dropped:
             print(
