@@ -27,6 +27,21 @@ from ebmkit.testing.states import first_difference  # noqa: F401 - the tests imp
 
 TOY_GIN = Path(__file__).resolve().parents[1] / "gin" / "base" / "toy.gin"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FLOW_TOY_LINES = (
+    f"include '{TOY_GIN}'",
+    "trainers.Contrastive.dataset = @datasets.EightGaussians()",
+    "trainers.Contrastive.sampler = @samplers.Langevin()",
+    "trainers.Contrastive.initializer = @initializers.Flow()",
+    "trainers.Contrastive.batch_size = 16",
+    "datasets.EightGaussians.n_samples = 64",
+    "samplers.Langevin.step_size = 0.01",
+    "samplers.Langevin.n_steps = 2",
+    "energies.MLP.hidden = (8,)",
+    "initializers.Flow.flow = @flows.Affine()",
+    "flows.Affine.dim = 2",
+    "flows.Affine.fit_on = 'samples'",
+)
+"""A tiny eight-Gaussians run whose chains start at an affine flow's samples (a Learnable)."""
 _unique = itertools.count()
 
 

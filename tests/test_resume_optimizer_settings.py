@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TOY_GIN, checkpoint, run_cli, write_lines
+from helpers import FLOW_TOY_LINES, checkpoint, run_cli, write_lines
 
 from ebmkit.checkpoint.optimizer_settings import (
     OptimizerSlot,
@@ -82,21 +82,10 @@ def flow_config(folder: Path) -> Path:
         folder,
         "lr.gin",
         [
-            f"include '{TOY_GIN}'",
-            "trainers.Contrastive.dataset = @datasets.EightGaussians()",
-            "trainers.Contrastive.sampler = @samplers.Langevin()",
-            "trainers.Contrastive.initializer = @initializers.Flow()",
-            "trainers.Contrastive.batch_size = 16",
+            *FLOW_TOY_LINES,
             "trainers.Contrastive.learning_rate = 1e-3",
             "trainers.Contrastive.scheduler = @torch.optim.lr_scheduler.ExponentialLR",
             "torch.optim.lr_scheduler.ExponentialLR.gamma = 0.5",
-            "datasets.EightGaussians.n_samples = 64",
-            "samplers.Langevin.step_size = 0.01",
-            "samplers.Langevin.n_steps = 2",
-            "energies.MLP.hidden = (8,)",
-            "initializers.Flow.flow = @flows.Affine()",
-            "flows.Affine.dim = 2",
-            "flows.Affine.fit_on = 'samples'",
             "flows.Affine.learning_rate = 1e-3",
             "experiment.eval_every = 100000",
             "experiment.sample_every = 100000",

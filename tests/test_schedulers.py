@@ -8,7 +8,14 @@ from pathlib import Path
 import attrs
 import pytest
 import torch
-from helpers import TOY_GIN, checkpoint, first_difference, run_cli, write_lines
+from helpers import (
+    FLOW_TOY_LINES,
+    TOY_GIN,
+    checkpoint,
+    first_difference,
+    run_cli,
+    write_lines,
+)
 
 from ebmkit import LearnableModule
 from ebmkit.checkpoint.rng import get_rng_state, seed_everything, set_rng_state
@@ -243,18 +250,7 @@ def test_a_learnables_gin_scheduler_is_in_the_saved_config_and_sample_rebuilds_i
         tmp_path,
         "flow.gin",
         [
-            f"include '{TOY_GIN}'",
-            "trainers.Contrastive.dataset = @datasets.EightGaussians()",
-            "trainers.Contrastive.sampler = @samplers.Langevin()",
-            "trainers.Contrastive.initializer = @initializers.Flow()",
-            "trainers.Contrastive.batch_size = 16",
-            "datasets.EightGaussians.n_samples = 64",
-            "samplers.Langevin.step_size = 0.01",
-            "samplers.Langevin.n_steps = 2",
-            "energies.MLP.hidden = (8,)",
-            "initializers.Flow.flow = @flows.Affine()",
-            "flows.Affine.dim = 2",
-            "flows.Affine.fit_on = 'samples'",
+            *FLOW_TOY_LINES,
             "flows.Affine.scheduler = @torch.optim.lr_scheduler.StepLR",
             "torch.optim.lr_scheduler.StepLR.step_size = 7",
         ],

@@ -11,7 +11,6 @@ the load, rescaling a scheduler's learning rates by the same factor.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import attrs
@@ -97,12 +96,7 @@ def _set_learning_rate(slot: OptimizerSlot, index: int, old: float, new: float) 
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equal values (floats compared exactly, NaN equal to NaN; tensors by value)."""
+    """Equal values; a tensor learning rate (a capturable optimizer's) compared by value."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return bool(torch.equal(torch.as_tensor(a).cpu(), torch.as_tensor(b).cpu()))
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    try:
-        return bool(a == b)
-    except (TypeError, ValueError, RuntimeError):
-        return False
+    return bool(a == b)

@@ -236,7 +236,7 @@ def _train(
         check_rollback_possible(trainer.sampler, config)
     replayed = None
     if state is not None:
-        slots = optimizer_slots(trainer)
+        slots = optimizer_slots(trainer) if accept_config_change else []
         wanted = [configured_settings(slot.optimizer) for slot in slots]  # before the load
         try:
             trainer.load_state_dict(state)
@@ -247,16 +247,16 @@ def _train(
                 f"checkpoint {checkpoint} does not fit this config ({type(error).__name__}: "
                 f"{error}); resume with the config and bindings the run was started with"
             ) from error
-        if accept_config_change:  # the config's optimizer settings, not the checkpoint's
-            applied = [
-                line for s, w in zip(slots, wanted, strict=True) for line in apply_configured(s, w)
-            ]
-            if applied and main:
-                print(
-                    f"ebmkit: note: the config's optimizer settings replace the checkpoint's "
-                    f"({'; '.join(applied)})",
-                    file=sys.stderr,
-                )
+        # An accepted change: the config's optimizer settings, not the checkpoint's.
+        applied = [
+            line for s, w in zip(slots, wanted, strict=True) for line in apply_configured(s, w)
+        ]
+        if applied and main:
+            print(
+                f"ebmkit: note: the config's optimizer settings replace the checkpoint's "
+                f"({'; '.join(applied)})",
+                file=sys.stderr,
+            )
         dropped = cut_metrics_back(run_dir / "metrics.jsonl", state["round"]) if main else 0
         if dropped:
             print(
